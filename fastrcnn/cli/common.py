@@ -1,0 +1,26 @@
+"""Helpers shared by the command-line tools: error reporting and the ``--set KEY VALUE`` option."""
+import sys
+
+from ..errors import Error
+
+
+def run_main(fn):
+    """Call ``fn()``; a user error prints ``error: <message>`` to stderr and exits 1, Ctrl-C exits 130."""
+    try:
+        fn()
+    except Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def add_set_option(parser, help_text="override a config key (e.g. --set TRAIN.SCALES '(600,)'); repeatable"):
+    """Add the repeatable ``--set KEY VALUE`` option (collected in ``args.set`` as [KEY, VALUE] pairs)."""
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help=help_text)
+
+
+def set_pairs(pairs):
+    """``args.set`` as the flat [KEY, VALUE, KEY, VALUE, ...] list that config.merge_pairs takes."""
+    return [item for pair in pairs for item in pair]

@@ -1,0 +1,91 @@
+"""InnerProduct, as Caffe's InnerProductLayer (inner_product_layer.cpp): y = x·Wᵀ + b.
+
+The bottom is flattened from ``axis`` into K inputs; W is (num_output, K), or (K, num_output) with
+``transpose``. Both fillers default to constant 0 (Caffe).
+"""
+import math
+
+from ..blob import Blob
+from ..fillers import fill
+from . import register
+from .activation import canonical_axis
+from .base import Layer
+
+#: Elements of the work buffer that weight gradients are accumulated through (a block of rows at a time,
+#: so that fc6's 4096 × 25088 gradient needs no second full-size array).
+_BLOCK = 1 << 22
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    exact_bottoms = exact_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.param.inner_product_param
+        self.num_output = self.positive("num_output", p.num_output)
+        self.transpose = p.transpose
+        self.bias_term = p.bias_term
+        shape = bottom[0].shape
+        axis = canonical_axis(self, p.axis, len(shape))
+        k = math.prod(shape[axis:])
+        dtype = bottom[0].dtype
+        if not self.blobs:
+            shapes = [("weight_filler", (k, self.num_output) if self.transpose else (self.num_output, k))]
+            if self.bias_term:
+                shapes.append(("bias_filler", (self.num_output,)))
+            for field, blob_shape in shapes:
+                blob = Blob(blob_shape, dtype)
+                blob.data[...] = fill(getattr(p, field), blob_shape, dtype, f"layer '{self.name}' {field}")
+                self.blobs.append(blob)
+        self._block = Blob((), dtype)
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        self.axis = canonical_axis(self, self.param.inner_product_param.axis, len(shape))
+        k = math.prod(shape[self.axis:])
+        weight = self.blobs[0].shape
+        expected = weight[0] if self.transpose else weight[1]
+        if k != expected:
+            raise self.error(
+                f"the bottom {shape} flattens from axis {self.axis} to {k} inputs, but the weights {weight} "
+                f"(transpose: {self.transpose}) take {expected}; usually the weights belong to another "
+                "prototxt, or a layer below changed its output size (RoI pooling size, channel count)")
+        top[0].reshape(shape[:self.axis] + (self.num_output,))
+
+    def _matrices(self, blob, which):
+        """(rows, K) view of the bottom and (rows, num_output) view of the top."""
+        array = getattr(blob, which)
+        return array.reshape(math.prod(blob.shape[:self.axis]), -1)
+
+    def forward(self, bottom, top):
+        xp = self.xp(bottom[0])
+        weight = self.blobs[0].data
+        y = self._matrices(top[0], "data")
+        xp.matmul(self._matrices(bottom[0], "data"), weight if self.transpose else weight.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    def backward(self, top, propagate_down, bottom):
+        xp = self.xp(bottom[0])
+        dy = self._matrices(top[0], "diff")
+        if self.bias_term and self.param_propagate_down[1]:
+            self.blobs[1].diff += dy.sum(axis=0)
+        if self.param_propagate_down[0]:
+            x = self._matrices(bottom[0], "data")
+            if self.transpose:
+                self._accumulate_product(xp, x.T, dy, self.blobs[0].diff)
+            else:
+                self._accumulate_product(xp, dy.T, x, self.blobs[0].diff)
+        if propagate_down[0]:
+            weight = self.blobs[0].data
+            xp.matmul(dy, weight.T if self.transpose else weight, out=self._matrices(bottom[0], "diff"))
+
+    def _accumulate_product(self, xp, a, b, out):
+        """out += a @ b, a block of rows at a time through one reused buffer."""
+        rows = max(1, min(out.shape[0], _BLOCK // max(out.shape[1], 1)))
+        self._block.reshape(rows, out.shape[1])
+        for start in range(0, out.shape[0], rows):
+            stop = min(start + rows, out.shape[0])
+            block = self._block.data[:stop - start]
+            xp.matmul(a[start:stop], b, out=block)
+            out[start:stop] += block

@@ -1,0 +1,278 @@
+"""Normalisation layers, as Caffe's LRN, BatchNorm, Scale and Bias layers."""
+import math
+
+from ..blob import Blob
+from ..fillers import fill
+from ..proto import caffe_pb2
+from . import register
+from .activation import canonical_axis
+from .base import Layer
+from .conv import check_4d
+
+
+def _window_sum(xp, a, size, axes):
+    """Σ of ``a`` over a centred window of ``size`` along each of ``axes``, zero padded (size is odd)."""
+    half = size // 2
+    for axis in axes:
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (half, half)
+        padded = xp.pad(a, pad)
+        index = [slice(None)] * a.ndim
+        n = a.shape[axis]
+        index[axis] = slice(0, n)
+        total = padded[tuple(index)].copy()
+        for start in range(1, size):
+            index[axis] = slice(start, start + n)
+            total += padded[tuple(index)]
+        a = total
+    return a
+
+
+@register("LRN")
+class LRN(Layer):
+    """Local response normalisation, y = x · scale^(−beta) (lrn_layer.cpp).
+
+    ACROSS_CHANNELS: scale = k + alpha/n · Σ x² over n channels centred on each one (zero padded).
+    WITHIN_CHANNEL: scale = 1 + alpha/n² · Σ x² over an n × n window (zero padded). Caffe builds it from an
+    AVE pooling (pad (n−1)/2, so the divisor is always n²) and a Power layer with shift 1, so ``k`` plays no
+    part there.
+    """
+    exact_bottoms = exact_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.param.lrn_param
+        self.size = self.positive("local_size", p.local_size)
+        if self.size % 2 == 0:
+            raise self.error(f"local_size must be odd, got {self.size}")
+        self.alpha, self.beta = float(p.alpha), float(p.beta)
+        if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+            self.axes, self.k = (1,), float(p.k)
+        else:
+            self.axes, self.k = (2, 3), 1.0
+        self.norm = self.alpha / self.size ** len(self.axes)
+        self._scale = Blob((), bottom[0].dtype)
+
+    def reshape(self, bottom, top):
+        shape = check_4d(self, bottom[0])
+        top[0].reshape(shape)
+        self._scale.reshape(shape)
+
+    def forward(self, bottom, top):
+        xp = self.xp(bottom[0])
+        x, scale = bottom[0].data, self._scale.data
+        scale[...] = _window_sum(xp, x * x, self.size, self.axes)
+        scale *= self.norm
+        scale += self.k
+        top[0].data[...] = x * scale ** -self.beta
+
+    def backward(self, top, propagate_down, bottom):
+        """dx = dy · scale^(−beta) − 2·beta·norm · x · Σ_{windows holding x} dy·y/scale (the window is
+        symmetric, so the adjoint sum is the same window sum)."""
+        if not propagate_down[0]:
+            return
+        xp = self.xp(bottom[0])
+        x, y, dy, scale = bottom[0].data, top[0].data, top[0].diff, self._scale.data
+        ratio = _window_sum(xp, dy * y / scale, self.size, self.axes)
+        bottom[0].diff[...] = dy * scale ** -self.beta - (2 * self.beta * self.norm) * x * ratio
+
+
+def _channels(blob):
+    """Caffe's BatchNorm views the bottom as (N, C, rest); a 1-axis bottom has one channel."""
+    shape = blob.shape
+    return shape[1] if len(shape) > 1 else 1
+
+
+@register("BatchNorm")
+class BatchNorm(Layer):
+    """y = (x − mean) / sqrt(var + eps) per channel, no learned scale (Caffe pairs it with Scale).
+
+    Blobs: the running sums of the mean and variance and their moving-average scale factor. With
+    ``use_global_stats`` (default: the TEST phase) the statistics are blobs[0..1] / blobs[2] (0 where
+    blobs[2] is 0); otherwise they are the batch's, over N and the spatial axes, and forward updates
+    blobs[2] = blobs[2]·maf + 1, blobs[0] = blobs[0]·maf + mean, blobs[1] = blobs[1]·maf + m/(m−1)·var
+    (m values per channel). As in Caffe the blobs get lr_mult 0 (a non-zero one is an error), and backward
+    never writes their diffs.
+    """
+    exact_bottoms = exact_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.param.batch_norm_param
+        self.use_global = p.use_global_stats if p.HasField("use_global_stats") else self.phase == "TEST"
+        self.fraction, self.eps = float(p.moving_average_fraction), float(p.eps)
+        if self.eps <= 0:
+            raise self.error(f"eps must be positive, got {self.eps}")
+        dtype = bottom[0].dtype
+        if not self.blobs:
+            c = _channels(bottom[0])
+            self.blobs = [Blob((c,), dtype), Blob((c,), dtype), Blob((1,), dtype)]
+            for blob in self.blobs:
+                blob.data[...] = 0
+        specs = self.param.param
+        for i, spec in enumerate(specs[:3]):
+            if spec.lr_mult != 0:
+                raise self.error(f"param {i} has lr_mult {spec.lr_mult}; the statistics are not learned, "
+                                 "so lr_mult must be 0")
+        while len(specs) < 3:
+            specs.add(lr_mult=0)
+        self._normalized = Blob((), dtype)  # x̂ for backward; the top may be overwritten by in-place layers
+        self._std = None
+
+    def reshape(self, bottom, top):
+        c = _channels(bottom[0])
+        if (c,) != self.blobs[0].shape:
+            raise self.error(f"the bottom {bottom[0].shape} has {c} channels, but the statistics have "
+                             f"shape {self.blobs[0].shape}")
+        top[0].reshape(bottom[0].shape)
+        if not self.use_global:
+            self._normalized.reshape(bottom[0].shape)
+
+    @staticmethod
+    def _view(array, blob):
+        return array.reshape(blob.shape[0], _channels(blob), -1)
+
+    def forward(self, bottom, top):
+        xp = self.xp(bottom[0])
+        x = self._view(bottom[0].data, bottom[0])
+        if self.use_global:
+            count = self.blobs[2].data
+            factor = (count != 0) / xp.where(count == 0, 1, count)
+            mean, var = self.blobs[0].data * factor, self.blobs[1].data * factor
+        else:
+            mean = x.mean(axis=(0, 2))
+            var = ((x - mean[:, None]) ** 2).mean(axis=(0, 2))
+            m = x.size // x.shape[1]
+            correction = m / (m - 1) if m > 1 else 1.0
+            for blob, value in ((self.blobs[0], mean), (self.blobs[1], var * correction)):
+                blob.data *= self.fraction
+                blob.data += value
+            self.blobs[2].data *= self.fraction
+            self.blobs[2].data += 1
+        self._std = xp.sqrt(var + self.eps)[:, None]
+        y = self._view(top[0].data, top[0])
+        xp.divide(x - mean[:, None], self._std, out=y)
+        if not self.use_global:
+            self._normalized.data[...] = top[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        """Global statistics: dx = dy / std. Batch statistics:
+        dx = (dy − mean(dy) − x̂ · mean(dy · x̂)) / std, means over N and the spatial axes."""
+        if not propagate_down[0]:
+            return
+        dy = self._view(top[0].diff, top[0])
+        dx = self._view(bottom[0].diff, bottom[0])
+        if self.use_global:
+            dx[...] = dy / self._std
+            return
+        xn = self._view(self._normalized.data, self._normalized)
+        centred = dy - dy.mean(axis=(0, 2), keepdims=True)
+        dx[...] = (centred - xn * (dy * xn).mean(axis=(0, 2), keepdims=True)) / self._std
+
+
+class _Broadcast(Layer):
+    """Shared by Scale and Bias: an operand (bottom[1], or the learned blobs[0]) spanning the bottom's axes
+    [axis, axis + operand axes), broadcast over the others. The bottom is viewed as (outer, dim, inner)."""
+    min_bottoms, max_bottoms = 1, 2
+    exact_tops = 1
+
+    def _learned_shape(self, p, bottom):
+        """The shape of a learned operand: the bottom's axes [axis, axis + num_axes) (−1: to the end)."""
+        shape = bottom[0].shape
+        axis = canonical_axis(self, p.axis, len(shape))
+        if p.num_axes < -1 or p.num_axes >= 0 and axis + p.num_axes > len(shape):
+            raise self.error(f"num_axes {p.num_axes} does not fit a bottom {shape} from axis {axis} "
+                             "(use -1 for all remaining axes)")
+        return shape[axis:] if p.num_axes == -1 else shape[axis:axis + p.num_axes]
+
+    def _new_blob(self, filler, shape, dtype, field):
+        blob = Blob(shape, dtype)
+        blob.data[...] = fill(filler, shape, dtype, f"layer '{self.name}' {field}")
+        return blob
+
+    def operand(self, bottom):
+        return bottom[1] if len(bottom) == 2 else self.blobs[0]
+
+    def reshape(self, bottom, top):
+        shape, operand = bottom[0].shape, self.operand(bottom).shape
+        axis = 0 if not operand else canonical_axis(self, self.axis_param, len(shape))
+        if tuple(shape[axis:axis + len(operand)]) != tuple(operand):
+            raise self.error(f"the operand {operand} does not match the bottom {shape} at axes from {axis}")
+        self.dims = (math.prod(shape[:axis]), math.prod(operand), math.prod(shape[axis + len(operand):]))
+        top[0].reshape(shape)
+
+    def view(self, array):
+        return array.reshape(self.dims)
+
+    def operand_gradient(self, bottom, propagate_down, compute):
+        """The operand's gradient ``compute()`` (per operand element): into bottom[1] (overwritten) where
+        propagate_down[1], or accumulated into the learned blobs[0] where its lr_mult is not 0."""
+        if len(bottom) == 2:
+            if propagate_down[1]:
+                bottom[1].diff[...] = compute().reshape(bottom[1].shape)
+        elif self.param_propagate_down[0]:
+            self.blobs[0].diff += compute().reshape(self.blobs[0].shape)
+
+
+@register("Scale")
+class Scale(_Broadcast):
+    """y = x · s (+ b), s from bottom[1] or learned (filler default constant 1), b learned with
+    ``bias_term`` (bias_filler, default constant 0)."""
+
+    def setup(self, bottom, top):
+        p = self.param.scale_param
+        self.axis_param = p.axis
+        self.bias_term = p.bias_term
+        dtype = bottom[0].dtype
+        if not self.blobs:
+            if len(bottom) == 1:
+                shape = self._learned_shape(p, bottom)
+                filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant",
+                                                                                           value=1)
+                self.blobs.append(self._new_blob(filler, shape, dtype, "filler"))
+            else:
+                shape = bottom[1].shape
+            if self.bias_term:
+                self.blobs.append(self._new_blob(p.bias_filler, shape, dtype, "bias_filler"))
+        self._bottom_copy = Blob((), dtype)  # the input, kept when the layer runs in place
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        if top[0] is bottom[0]:
+            self._bottom_copy.reshape(x.shape)
+            self._bottom_copy.data[...] = x
+        scale = self.operand(bottom).data.reshape(1, -1, 1)
+        y = self.view(top[0].data)
+        y[...] = self.view(x) * scale
+        if self.bias_term:
+            y += self.blobs[-1].data.reshape(1, -1, 1)
+
+    def backward(self, top, propagate_down, bottom):
+        dy = self.view(top[0].diff)
+        if self.bias_term and self.param_propagate_down[-1]:
+            self.blobs[-1].diff += dy.sum(axis=(0, 2)).reshape(self.blobs[-1].shape)
+        x = self._bottom_copy.data if top[0] is bottom[0] else bottom[0].data
+        self.operand_gradient(bottom, propagate_down, lambda: (dy * self.view(x)).sum(axis=(0, 2)))
+        if propagate_down[0]:
+            scale = self.operand(bottom).data.reshape(1, -1, 1)
+            self.view(bottom[0].diff)[...] = dy * scale
+
+
+@register("Bias")
+class Bias(_Broadcast):
+    """y = x + b, b from bottom[1] or learned (filler, default constant 0)."""
+
+    def setup(self, bottom, top):
+        p = self.param.bias_param
+        self.axis_param = p.axis
+        if not self.blobs and len(bottom) == 1:
+            self.blobs.append(self._new_blob(p.filler, self._learned_shape(p, bottom), bottom[0].dtype,
+                                             "filler"))
+
+    def forward(self, bottom, top):
+        bias = self.operand(bottom).data.reshape(1, -1, 1)
+        self.view(top[0].data)[...] = self.view(bottom[0].data) + bias
+
+    def backward(self, top, propagate_down, bottom):
+        dy = self.view(top[0].diff)
+        self.operand_gradient(bottom, propagate_down, lambda: dy.sum(axis=(0, 2)))
+        if propagate_down[0] and top[0] is not bottom[0]:
+            bottom[0].diff[...] = top[0].diff

@@ -1,0 +1,190 @@
+"""RoI max pooling (Fast R-CNN section 2.1; caffe-fast-rcnn's roi_pooling_layer.cu).
+
+Each RoI ``[batch, x1, y1, x2, y2]`` (input-image pixels) is scaled by ``spatial_scale``, rounded, and split
+into ``pooled_h × pooled_w`` bins; each bin takes the maximum of its window of the feature map, per channel.
+
+Instead of visiting every pixel of every bin, the forward pass builds, for each window extent (eh, ew) that
+some bin uses, the map of all eh × ew sliding-window maxima of the feature map (a sparse table: O(log) whole-map
+operations per extent), then reads every bin of that extent with one gather. The work is then proportional to
+the map size times the number of distinct bin extents, not to the total area of the RoIs.
+"""
+import numpy
+
+from ..blob import Blob
+from . import register
+from .base import Layer
+
+
+def round_half_away(xp, v):
+    """C's ``round`` on float32 values: halves go away from zero (``numpy.round`` goes to even).
+
+    The 0.5 is added in float64, where the sum of a float32 and 0.5 is exact.
+    """
+    return (xp.sign(v) * xp.floor(xp.abs(v.astype(numpy.float64)) + 0.5)).astype(numpy.int64)
+
+
+def _along(axis, start, stop):
+    """Index selecting [start, stop) along ``axis``."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
+def _larger(xp, left, right):
+    """Elementwise max of two (value, argmax) pairs; ``right`` wins only when strictly larger, so the
+    earlier (left) of equal maxima is kept."""
+    take_right = right[0] > left[0]
+    arg = right[1] - left[1]
+    arg *= take_right  # arithmetic select: masked selection is slow on random masks
+    arg += left[1]
+    return xp.maximum(left[0], right[0]), arg
+
+
+class _SlidingMax:
+    """Max and first argmax over every window [i, i + k) along one axis, for any k (a sparse table).
+
+    Level j holds the windows of length 2^j; a window of length k is the larger of two overlapping level
+    windows, the left one winning ties. That keeps the first maximum: where the first maximal element lies
+    in the overlap, the left window holds it too.
+    """
+
+    def __init__(self, xp, value, arg, axis):
+        self.xp, self.axis, self.length = xp, axis, value.shape[axis]
+        self.levels = [(value, arg)]
+
+    def _level(self, j):
+        while len(self.levels) <= j:
+            step = 1 << (len(self.levels) - 1)
+            value, arg = self.levels[-1]
+            n = value.shape[self.axis] - step
+            head, tail = _along(self.axis, 0, n), _along(self.axis, step, step + n)
+            self.levels.append(_larger(self.xp, (value[head], arg[head]), (value[tail], arg[tail])))
+        return self.levels[j]
+
+    def window(self, k):
+        j = k.bit_length() - 1
+        value, arg = self._level(j)
+        if k == 1 << j:
+            return value, arg
+        n, shift = self.length - k + 1, k - (1 << j)
+        head, tail = _along(self.axis, 0, n), _along(self.axis, shift, shift + n)
+        return _larger(self.xp, (value[head], arg[head]), (value[tail], arg[tail]))
+
+
+@register("ROIPooling")
+class ROIPooling(Layer):
+    """Max pooling of each RoI into a fixed ``pooled_h × pooled_w`` grid, exactly as the original.
+
+    Bottoms: features (N, C, H, W) and rois (R, 5) = [batch_index, x1, y1, x2, y2]. Top: (R, C, ph, pw).
+    Forward, per RoI: batch index by truncation; ``x*spatial_scale`` in float32, rounded half away from zero;
+    roi_w/roi_h forced to at least 1; float32 bin sizes; bin edges floor(p·bin)/ceil((p+1)·bin) offset by the
+    RoI start and clipped to [0, H]/[0, W]; an empty bin gives 0 and argmax −1; otherwise the maximum, the
+    first one in row-major order on ties, with argmax h·W + w (``max_idx``, shape of the top). The RoI
+    geometry is float32 whatever the blob dtype, as in the float model.
+
+    Backward scatters each top diff onto its bin's argmax; the rois get no gradient (zeros if asked: the
+    output is piecewise constant in them). One deliberate difference: for a malformed RoI (x2 < x1 or
+    y2 < y1 after rounding) the original's kernel passes no gradient although its forward pooled the forced
+    1-pixel window; here that pixel receives its gradient like any other.
+    """
+
+    exact_bottoms = 2
+    exact_tops = 1
+
+    def setup(self, bottom, top):
+        p = self.param.roi_pooling_param
+        self.pooled_h = self.positive("roi_pooling_param.pooled_h", p.pooled_h)
+        self.pooled_w = self.positive("roi_pooling_param.pooled_w", p.pooled_w)
+        if not p.spatial_scale > 0:
+            raise self.error(f"roi_pooling_param.spatial_scale must be positive, got {p.spatial_scale}")
+        self.spatial_scale = numpy.float32(p.spatial_scale)
+        self._argmax = Blob((), dtype=numpy.int32, name=f"{self.name}_argmax")
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def reshape(self, bottom, top):
+        if len(bottom[0].shape) != 4:
+            raise self.error(f"bottom 0 (features) must be 4-D (N, C, H, W), got shape {bottom[0].shape}")
+        rois = bottom[1].shape
+        if len(rois) < 2 or bottom[1].count != 5 * rois[0]:
+            raise self.error(f"bottom 1 (rois) must have shape (R, 5) = [batch_index, x1, y1, x2, y2], "
+                             f"got {rois}")
+        r, c = rois[0], bottom[0].shape[1]
+        top[0].reshape(r, c, self.pooled_h, self.pooled_w)
+        # Stored as (R, ph, pw, C), the order the forward pass fills; ``max_idx`` shows it as the top's.
+        self._argmax.reshape(r, self.pooled_h, self.pooled_w, c)
+
+    @property
+    def max_idx(self):
+        """The argmax of every top element, h·W + w within its (batch, channel) plane, −1 for empty bins."""
+        return self._argmax.data.transpose(0, 3, 1, 2)
+
+    def _bins(self, xp, rois, height, width):
+        """Batch indices (R,) and clipped bin edges: hstart, hend (R, ph) and wstart, wend (R, pw)."""
+        batch = xp.trunc(rois[:, 0]).astype(numpy.int64)
+        x1, y1, x2, y2 = round_half_away(xp, rois[:, 1:5].astype(numpy.float32) * self.spatial_scale).T
+        hstart, hend = self._edges(xp, y1, y2, self.pooled_h, height)
+        wstart, wend = self._edges(xp, x1, x2, self.pooled_w, width)
+        return batch, hstart, hend, wstart, wend
+
+    @staticmethod
+    def _edges(xp, start, end, pooled, size):
+        extent = xp.maximum(end - start + 1, 1).astype(numpy.float32)
+        bin_size = extent / numpy.float32(pooled)
+        p = xp.arange(pooled, dtype=numpy.float32)
+        lo = xp.floor(p[None, :] * bin_size[:, None]).astype(numpy.int64) + start[:, None]
+        hi = xp.ceil((p[None, :] + 1) * bin_size[:, None]).astype(numpy.int64) + start[:, None]
+        return xp.clip(lo, 0, size), xp.clip(hi, 0, size)
+
+    def _check_batch(self, xp, batch, num):
+        bad = xp.flatnonzero((batch < 0) | (batch >= num))
+        if bad.size:
+            i = int(bad[0])
+            raise self.error(f"RoI {i} has batch index {int(batch[i])}, outside [0, {num}) "
+                             f"(the features hold {num} image(s))")
+
+    def forward(self, bottom, top):
+        xp = self.xp(bottom[0])
+        num, _, height, width = bottom[0].shape
+        out = top[0].data.transpose(0, 2, 3, 1)  # (R, ph, pw, C) view of the top
+        argmax = self._argmax.data
+        rois = bottom[1].data.reshape(-1, 5)
+        batch, hstart, hend, wstart, wend = self._bins(xp, rois, height, width)
+        self._check_batch(xp, batch, num)
+        self._batch = batch
+        ext_h, ext_w = hend - hstart, wend - wstart  # (R, ph), (R, pw); empty where <= 0
+
+        features = xp.ascontiguousarray(bottom[0].data.transpose(0, 2, 3, 1))  # (N, H, W, C)
+        flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
+        along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape), axis=2)
+        for ew in _distinct(xp, ext_w[ext_w > 0]):
+            along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
+            has_ew = (ext_w == ew).any(axis=1)
+            for eh in _distinct(xp, ext_h[(ext_h > 0) & has_ew[:, None]]):
+                value, arg = along_h.window(eh)
+                roi, p, q = xp.nonzero((ext_h == eh)[:, :, None] & (ext_w == ew)[:, None, :])
+                where = (batch[roi], hstart[roi, p], wstart[roi, q])
+                out[roi, p, q] = value[where]
+                argmax[roi, p, q] = arg[where]
+        empty = xp.nonzero((ext_h <= 0)[:, :, None] | (ext_w <= 0)[:, None, :])
+        out[empty] = 0
+        argmax[empty] = -1
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[1]:
+            bottom[1].diff[...] = 0
+        if not propagate_down[0]:
+            return
+        xp = self.xp(bottom[0])
+        channels, height, width = bottom[0].shape[1:]
+        argmax = self._argmax.data  # (R, ph, pw, C)
+        plane = (self._batch[:, None, None, None] * channels + xp.arange(channels)) * (height * width)
+        hit = argmax >= 0
+        index = xp.where(hit, plane + argmax, 0).reshape(-1)
+        weight = xp.where(hit, top[0].diff.transpose(0, 2, 3, 1), 0).reshape(-1)
+        grad = xp.bincount(index, weights=weight, minlength=bottom[0].count)
+        bottom[0].diff[...] = grad.reshape(bottom[0].shape)
+
+
+def _distinct(xp, values):
+    """The distinct values of an integer array as Python ints, ascending."""
+    return [int(v) for v in xp.unique(values).tolist()]

@@ -1,0 +1,46 @@
+"""Image preprocessing shared by training and detection (the original's utils/blob.py).
+
+BGR uint8 from cv2 → float32 minus PIXEL_MEANS → resized so that the shorter side is the target scale and the
+longer at most MAX_SIZE (the scale factor itself, not the realised size ratio, scales the RoIs) → zero-padded
+into an N×3×H×W blob, images top-left aligned.
+"""
+import cv2
+import numpy as np
+
+from ..errors import Error
+
+
+def read_image(path, flipped=False):
+    """BGR uint8 image from a file (mirrored if ``flipped``); an unreadable file names itself."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise Error(f"{path}: cannot read the image (missing, truncated or not an image)")
+    return image[:, ::-1] if flipped else image
+
+
+def image_scale(height, width, target_size, max_size):
+    """The original's scale: shorter side to ``target_size`` unless the longer side would exceed ``max_size``."""
+    short, long = min(height, width), max(height, width)
+    scale = float(target_size) / float(short)
+    if np.round(scale * long) > max_size:
+        scale = float(max_size) / float(long)
+    return scale
+
+
+def prep_image(image, pixel_means, target_size, max_size):
+    """(mean-subtracted float32 image resized by the original's rule, scale factor)."""
+    im = image.astype(np.float32, copy=True)
+    im -= np.asarray(pixel_means, dtype=np.float32).reshape(1, 1, 3)
+    scale = image_scale(im.shape[0], im.shape[1], target_size, max_size)
+    im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    return im, scale
+
+
+def images_to_blob(images):
+    """HxWx3 float32 images → one N×3×Hmax×Wmax blob, zero-padded at the bottom and right."""
+    height = max(im.shape[0] for im in images)
+    width = max(im.shape[1] for im in images)
+    blob = np.zeros((len(images), 3, height, width), dtype=np.float32)
+    for i, im in enumerate(images):
+        blob[i, :, :im.shape[0], :im.shape[1]] = im.transpose(2, 0, 1)
+    return blob

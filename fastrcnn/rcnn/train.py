@@ -1,0 +1,247 @@
+"""Training a Fast R-CNN detector: what ``frcnn-solve`` runs (the original's tools/train_net.py and
+lib/fast_rcnn/train.py).
+
+Configuration precedence: defaults, the data layer's ``roi_data_param``, ``--cfg FILE.yml``, ``--set KEY VALUE``.
+The dataset is checked whole before training starts, its class count against the prototxt, proposals are
+computed on first use, and the roidb gets flipped copies and normalised bbox targets. Weights snapshots are
+test-ready: ``bbox_pred`` is saved un-normalised (W·std, b·std + mean), with the configuration, the class names
+and the target statistics in their metadata; the solver state keeps the normalised values, so a restored run
+continues exactly.
+"""
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, protoio
+from ..errors import Error
+from ..solver import SGDSolver, train_net_source
+from . import config as config_mod
+from .datasets import get_dataset
+from .proposals import load_or_compute_proposals
+from .roidb import training_roidb
+
+log = logging.getLogger("fastrcnn")
+DEFAULT_IMDB = "voc_2007_trainval"
+
+
+def data_layer_param(net_param):
+    """The LayerParameter of the RoI data layer (native or the original's Python spelling), or None."""
+    for lp in net_param.layer:
+        if lp.type == "RoIData" or (lp.type == "Python" and lp.python_param.layer == "RoIDataLayer"):
+            return lp
+    return None
+
+
+def build_config(net_param, cfg_file=None, set_pairs=()):
+    """The training configuration: defaults < roi_data_param < YAML file < --set pairs."""
+    cfg = config_mod.default_config()
+    lp = data_layer_param(net_param)
+    if lp is not None and lp.type == "RoIData":
+        config_mod.apply_roi_data_param(cfg, lp.roi_data_param, f"layer '{lp.name}' roi_data_param")
+    if cfg_file:
+        config_mod.merge_yaml_file(cfg, cfg_file)
+    if set_pairs:
+        config_mod.merge_pairs(cfg, list(set_pairs))
+    return cfg
+
+
+def _line_of(path, layer_name, field):
+    """'path:LINE' of ``field`` inside the layer named ``layer_name`` in a prototxt (best effort)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, TypeError):
+        return str(path)
+    inside = False
+    for number, line in enumerate(lines, 1):
+        if re.search(r'\bname:\s*["\']%s["\']' % re.escape(layer_name), line):
+            inside = True
+        if inside and re.search(r"\b%s\s*:" % field, line):
+            return f"{path}:{number}"
+    return str(path)
+
+
+def check_class_count(net_param, num_classes, source):
+    """The prototxt's class counts against the dataset's, with the lines to change when they differ."""
+    problems = []
+    lp = data_layer_param(net_param)
+    if lp is not None:
+        if lp.type == "RoIData":
+            declared = lp.roi_data_param.num_classes if lp.roi_data_param.HasField("num_classes") else None
+            field = "num_classes"
+        else:
+            from ..layers.python_layer import parse_param_str
+            declared = parse_param_str(lp.python_param.param_str, f"layer '{lp.name}'").get("num_classes")
+            field = "param_str"
+        if declared is not None and declared != num_classes:
+            problems.append(f"{_line_of(source, lp.name, field)}: layer '{lp.name}' num_classes is {declared}, "
+                            f"should be {num_classes}")
+    for name, per_class in (("cls_score", 1), ("bbox_pred", 4)):
+        for layer in net_param.layer:
+            if layer.name == name and layer.type == "InnerProduct":
+                found = layer.inner_product_param.num_output
+                if found != per_class * num_classes:
+                    problems.append(f"{_line_of(source, name, 'num_output')}: layer '{name}' num_output is "
+                                    f"{found}, should be {per_class * num_classes}")
+    if problems:
+        raise Error(f"the dataset has {num_classes} classes including background, but the prototxt is sized "
+                    "for another number; change:\n  " + "\n  ".join(problems))
+
+
+def _trained_layers_without_init(net, net_param, loaded):
+    """Learnable layers (some lr_mult > 0) that got no weights from a file and have no weight filler."""
+    params = {lp.name: lp for lp in net_param.layer}
+    missing = []
+    for name, layer in zip(net.layer_names, net.layers):
+        lp = params.get(name)
+        if not layer.blobs or name in loaded or lp is None or not any(layer.param_propagate_down):
+            continue
+        sub = next((getattr(lp, f) for f in ("convolution_param", "inner_product_param")
+                    if lp.HasField(f)), None)
+        if sub is not None and not sub.HasField("weight_filler"):
+            missing.append(name)
+    return missing
+
+
+class BBoxSnapshots:
+    """Writes test-ready weights: bbox_pred un-normalised with the targets' (means, stds) for the write only.
+
+    The normalised values are put back from exact copies afterwards, so training continues unchanged.
+    """
+
+    def __init__(self, net, means, stds, meta):
+        self.net, self.meta = net, meta
+        self.params = net.params.get("bbox_pred")
+        self.means = means.astype(np.float32)
+        self.stds = stds.astype(np.float32)
+
+    def __call__(self, path, meta):
+        meta = dict(self.meta, **meta)
+        if self.params is None:
+            self.net.save(path, meta=meta)
+            return
+        w, b = self.params[0], self.params[1]
+        keep_w, keep_b = w.data.copy(), b.data.copy()
+        xp = backend.get_array_module(w.data)
+        stds, means = xp.asarray(self.stds), xp.asarray(self.means)
+        try:
+            w.data[...] = w.data * stds[:, None]
+            b.data[...] = b.data * stds + means
+            self.net.save(path, meta=meta)
+        finally:
+            w.data[...] = keep_w
+            b.data[...] = keep_b
+
+
+def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_file=None, set_pairs=(),
+          output_dir=None, data_root=None, progress=True):
+    """Train as the solver says; returns the path of the final weights."""
+    solver_param, net_source = train_net_source(solver_path)
+    net_param = protoio.load_net(net_source)
+    cfg = build_config(net_param, cfg_file, set_pairs)
+    lp = data_layer_param(net_param)
+    if lp is None:
+        raise Error(f"{net_source}: the train net has no RoI data layer (type: \"RoIData\", or the original's "
+                    "Python layer roi_data_layer.layer.RoIDataLayer)")
+    with_bbox = len(lp.top) == 5
+    if with_bbox != cfg.TRAIN.BBOX_REG:
+        if with_bbox:
+            raise Error(f"{net_source}: layer '{lp.name}' has the bbox_targets and bbox_loss_weights tops but "
+                        "TRAIN.BBOX_REG is False; use the no_bbox_reg prototxt or set TRAIN.BBOX_REG True")
+        cfg.TRAIN.BBOX_REG = False  # three tops: no bbox regression
+    data_root = config_mod.resolve_data_root(data_root or cfg.DATA_ROOT)
+    imdb = imdb or (lp.roi_data_param.imdb if lp.type == "RoIData" else "") or DEFAULT_IMDB
+    output_dir = Path(output_dir or Path("output") / Path(solver_path).resolve().parent.name)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        log.info("Training %s on %s; output in %s", solver_path, imdb, output_dir)
+        log.info("Configuration:\n%s", config_mod.format_config(cfg))
+        dataset = get_dataset(imdb, data_root)
+        dataset.validate()
+        check_class_count(net_param, dataset.num_classes, net_source)
+        proposals = load_or_compute_proposals(dataset, cfg, data_root)
+        roidb, means, stds = training_roidb(dataset, proposals, cfg)
+        log.info("roidb: %d entries (%d images%s)", len(roidb), dataset.num_images,
+                 ", with flipped copies" if cfg.TRAIN.USE_FLIPPED else "")
+        backend.set_random_seed(cfg.RNG_SEED)
+        solver = SGDSolver(solver_path)
+        solver.snapshot_dir = str(output_dir)
+        data_layer = solver.net.layers[solver.net.layer_names.index(lp.name)]
+        data_layer.set_roidb(roidb, cfg, dataset.num_classes)
+        solver.snapshot_hooks.append(data_layer)
+        meta = {"config": cfg.to_dict(), "classes": list(dataset.classes), "imdb": imdb,
+                "bbox_means": means.tolist(), "bbox_stds": stds.tolist()}
+        solver.weights_writer = BBoxSnapshots(solver.net, means, stds, meta)
+        loaded = set()
+        if weights:
+            missing = set(solver.net.copy_from(weights))
+            loaded = {name for name in solver.net.params if name not in missing}
+            log.info("Initialised from %s (%d layers)", weights, len(loaded))
+        for name in _trained_layers_without_init(solver.net, net_param, loaded):
+            log.warning("WARNING: layer '%s' is trained but got no weights and has no weight_filler: it starts "
+                        "from zeros (give --weights or a weight_filler)", name)
+        if restore:
+            solver.restore(restore)
+        return _run(solver, cfg, iters or solver_param.max_iter or 40000, output_dir, progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(solver, cfg, max_iters, output_dir, progress):
+    """The training loop: snapshots every TRAIN.SNAPSHOT_ITERS and at the end, NaN guard, progress, curves."""
+    from tqdm import tqdm
+    last_snapshot = None
+    history = []
+    bar = tqdm(total=max_iters, initial=solver.iter, disable=not progress, unit="it", dynamic_ncols=True)
+    start, start_iter = time.perf_counter(), solver.iter
+    while solver.iter < max_iters:
+        solver.step(1)
+        losses = {name: float(np.asarray(backend.to_cpu(solver.net.blobs[name].data)).sum())
+                  for name in solver.net.outputs}
+        total = sum(losses.values())
+        if not math.isfinite(total):
+            raise Error(f"the loss became {total} at iteration {solver.iter} ({losses}); training stopped. "
+                        f"The last good snapshot is {last_snapshot or 'none (no snapshot yet)'}. Lower base_lr, "
+                        "or check the dataset for degenerate boxes")
+        history.append((solver.iter, total, losses))
+        seconds = (time.perf_counter() - start) / (solver.iter - start_iter)
+        bar.set_postfix_str(f"loss {solver.smoothed_loss:.4f} lr {solver.lr():.2g} {seconds:.2f}s/it")
+        bar.update(1)
+        if cfg.TRAIN.SNAPSHOT_ITERS and solver.iter % cfg.TRAIN.SNAPSHOT_ITERS == 0:
+            last_snapshot = solver.snapshot()
+    bar.close()
+    if last_snapshot is None or not last_snapshot.endswith(f"_iter_{solver.iter}.solverstate"):
+        last_snapshot = solver.snapshot()
+    _plot_losses(history, output_dir / "loss.png")
+    return last_snapshot[:-len(".solverstate")] + ".npz"
+
+
+def _plot_losses(history, path):
+    """The loss curves (each loss output and their sum) as a PNG."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    iters = [h[0] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(iters, [h[1] for h in history], label="total", linewidth=1)
+    for name in history[0][2]:
+        ax.plot(iters, [h[2][name] for h in history], label=name, linewidth=0.8, alpha=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -26,23 +26,31 @@ def fill(filler, shape, dtype, where):
     """A new array of ``shape`` filled as the FillerParameter ``filler`` says (``where`` names the layer)."""
     from .proto import caffe_pb2
     rng = backend.rng()
+    dtype = numpy.dtype(dtype)
+    draw = dtype if dtype in (numpy.float32, numpy.float64) else numpy.float64  # drawn directly, no copy
+
+    def normal(mean, std):
+        return rng.standard_normal(shape, dtype=draw) * draw.type(std) + draw.type(mean)
+
+    def uniform(low, high):
+        return rng.random(shape, dtype=draw) * draw.type(high - low) + draw.type(low)
+
     kind = filler.type
     if kind == "constant":
-        out = numpy.full(shape, filler.value)
+        out = numpy.full(shape, filler.value, dtype=dtype)
     elif kind == "gaussian":
-        out = rng.normal(filler.mean, filler.std, size=shape)
         if filler.sparse >= 0:
             raise Error(f"{where}: gaussian filler with sparse={filler.sparse} is not supported")
+        out = normal(filler.mean, filler.std)
     elif kind == "uniform":
-        out = rng.uniform(filler.min, filler.max, size=shape)
+        out = uniform(filler.min, filler.max)
     elif kind == "xavier":
         scale = numpy.sqrt(3.0 / _variance_n(filler, shape, caffe_pb2))
-        out = rng.uniform(-scale, scale, size=shape)
+        out = uniform(-scale, scale)
     elif kind == "msra":
-        std = numpy.sqrt(2.0 / _variance_n(filler, shape, caffe_pb2))
-        out = rng.normal(0.0, std, size=shape)
+        out = normal(0.0, numpy.sqrt(2.0 / _variance_n(filler, shape, caffe_pb2)))
     elif kind == "positive_unitball":
-        out = rng.uniform(0.0, 1.0, size=shape)
+        out = uniform(0.0, 1.0)
         rows = out.reshape(shape[0], -1)
         rows /= rows.sum(axis=1, keepdims=True)
     else:

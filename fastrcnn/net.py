@@ -180,8 +180,9 @@ class Net:
                 if j < len(lp.bottom) and lp.bottom[j] == name:
                     tops.append(self.blobs[name])  # in place
                 elif name in self.blobs:
+                    producer = self._producer.get(name, lp.name)  # not yet recorded: a top listed twice
                     raise Error(f"layer '{lp.name}' ({lp.type}): top blob '{name}' is already produced by "
-                                f"layer '{self._producer[name]}' (only an in-place layer, whose top i equals "
+                                f"layer '{producer}' (only an in-place layer, whose top i equals "
                                 "its bottom i, may write a blob again)")
                 else:
                     self.blobs[name] = Blob(name=name)
@@ -309,10 +310,17 @@ class Net:
     def forward(self, blobs=None, start=None, end=None, **inputs):
         """Set the given inputs, run the layers from ``start`` to ``end`` (names, inclusive) and return
         {name: data} for the net outputs and any extra ``blobs`` asked for."""
+        unknown = [b for b in (blobs or ()) if b not in self.blobs]
+        if unknown:
+            raise Error(f"net '{self.name}' has no blob(s) {', '.join(map(repr, unknown))} to return")
         for name, value in inputs.items():
             if name not in self.blobs:
                 raise Error(f"net '{self.name}' has no blob '{name}' to set (inputs: {', '.join(self.inputs)})")
-            value = numpy.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
+            if not hasattr(value, "__cuda_array_interface__"):
+                try:
+                    value = numpy.asarray(value, dtype=self.blobs[name].dtype)
+                except (TypeError, ValueError) as exc:
+                    raise Error(f"net '{self.name}': input '{name}' is not an array of numbers ({exc})") from None
             self.blobs[name].reshape(value.shape)
             self.blobs[name].data[...] = value
         lo, hi = self._index(start, 0), self._index(end, len(self.layers) - 1)

@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import secrets
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -64,6 +65,11 @@ def _npz_arrays(file):
     if not isinstance(npz, numpy.lib.npyio.NpzFile):
         return None
     with npz:
+        # numpy reads a member only as far as its header says, so the zip CRC would go unchecked when a
+        # damaged header (dtype '<f4' -> '<f2') asks for fewer bytes; check every member's CRC first
+        bad = npz.zip.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"bad CRC-32 for member '{bad}'")
         return {key: npz[key] for key in npz.files}
 
 
@@ -76,8 +82,14 @@ def read_npz(path, kind):
         raise Error(f"{path}: no such file") from None
     except OSError as exc:
         raise Error(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError,
+            NotImplementedError, RuntimeError):
+        # what zipfile and numpy raise on damaged files: bad CRCs and headers (ValueError, BadZipFile,
+        # TokenError), flipped compression, version or encryption flags (NotImplementedError, RuntimeError)
         raise Error(f"{path}: not an .npz {kind} file (truncated, corrupt, or another format)") from None
+    except MemoryError as exc:
+        raise Error(f"{path}: an array of this .npz {kind} file does not fit in memory ({exc}); "
+                    "its header may be corrupt") from None
     if arrays is None:
         raise Error(f"{path}: holds a single .npy array, not an .npz {kind} file")
     meta = arrays.pop(META_KEY, None)

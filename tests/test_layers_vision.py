@@ -182,6 +182,20 @@ def test_ave_pool_divisor_at_the_border():
     numpy.testing.assert_allclose(top[0].data[0, 0], expected)
 
 
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+def test_pool_follows_a_new_image_size(pool):
+    text = pool_text(f"pool: {pool} kernel_size: 3 stride: 2 pad: 1")
+    layer, bottom, top = make_layer(text, [distinct((1, 2, 6, 6))])
+    x = distinct((1, 2, 5, 8))
+    bottom[0].reshape(x.shape)
+    bottom[0].data[...] = x
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    _, _, fresh = make_layer(text, [x])
+    numpy.testing.assert_array_equal(top[0].data, fresh[0].data)
+    check_gradient(layer, bottom, top)
+
+
 def test_global_pooling_reduces_each_plane():
     x = rng.standard_normal((2, 3, 4, 5))
     _, _, top = make_layer(pool_text("pool: MAX global_pooling: true"), [x])

@@ -24,3 +24,24 @@ def add_set_option(parser, help_text="override a config key (e.g. --set TRAIN.SC
 def set_pairs(pairs):
     """``args.set`` as the flat [KEY, VALUE, KEY, VALUE, ...] list that config.merge_pairs takes."""
     return [item for pair in pairs for item in pair]
+
+
+def add_pipeline_options(parser):
+    """The options every Fast R-CNN tool shares: --gpu, --cfg, --set, --data-root."""
+    parser.add_argument("--gpu", type=int, default=None, metavar="ID",
+                        help="run on this CUDA GPU (needs the [cuda12] or [cuda13] extra); default: the CPU")
+    parser.add_argument("--cfg", default=None, metavar="FILE.yml", help="config overrides from a YAML file")
+    add_set_option(parser)
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="where datasets, proposal caches and models live (default: $FASTRCNN_DATA_ROOT "
+                             "or ./data)")
+
+
+def setup(args):
+    """Logging to stderr, and the device that ``--gpu`` asks for."""
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if getattr(args, "gpu", None) is not None:
+        from .. import backend
+        backend.set_device(args.gpu)
+        backend.set_mode_gpu()

@@ -55,7 +55,8 @@ class InnerProduct(Layer):
     def _matrices(self, blob, which):
         """(rows, K) view of the bottom and (rows, num_output) view of the top."""
         array = getattr(blob, which)
-        return array.reshape(math.prod(blob.shape[:self.axis]), -1)
+        # both sizes explicit: -1 cannot be inferred when there are no rows (a forward with no RoIs)
+        return array.reshape(math.prod(blob.shape[:self.axis]), math.prod(blob.shape[self.axis:]))
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])

@@ -140,7 +140,8 @@ class Accuracy(Layer):
         return False
 
     def reshape(self, bottom, top):
-        self.axis, self.outer, self.classes, self.inner = _class_axis(self, bottom, self.param.accuracy_param.axis)
+        self.axis, self.outer, self.classes, self.inner = _class_axis(
+            self, bottom, self.param.accuracy_param.axis)
         if self.top_k > self.classes:
             raise self.error(f"accuracy_param.top_k ({self.top_k}) must not exceed the number of classes "
                              f"({self.classes})")

@@ -71,8 +71,8 @@ def expand_bbox_targets(compact, num_classes):
     targets = np.zeros((len(compact), 4 * num_classes), np.float32)
     weights = np.zeros_like(targets)
     classes = compact[:, 0].astype(np.int64)
-    for row in np.flatnonzero(classes > 0):
-        c = classes[row]
-        targets[row, 4 * c:4 * c + 4] = compact[row, 1:]
-        weights[row, 4 * c:4 * c + 4] = 1.0
+    rows = np.flatnonzero(classes > 0)
+    cols = 4 * classes[rows, None] + np.arange(4)
+    targets[rows[:, None], cols] = compact[rows, 1:]
+    weights[rows[:, None], cols] = 1.0
     return targets, weights

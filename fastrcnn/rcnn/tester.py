@@ -149,7 +149,7 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
         for i in range(min(vis, dataset.num_images)):
             draw_detections(read_image(dataset.image_path(i)), [row[i] for row in final], classes,
                             output_dir / "vis" / f"{dataset.image_ids[i]}.png", 0.5)
-    print(format_ap_table(aps))
+    print(format_ap_table({k: v for k, v in aps.items() if k != "mAP"}))
     log.info("Detections and results in %s", output_dir)
     return aps
 
@@ -177,5 +177,5 @@ def reval(output_dir, imdb=None, cfg_file=None, set_pairs=(), data_root=None):
     if list(dataset.image_ids) != list(meta["image_ids"]):
         raise Error(f"{output_dir}/detections.npz was made on another image list than {dataset.name}")
     aps = evaluate(dataset, dets, meta["classes"], cfg, output_dir)
-    print(format_ap_table(aps))
+    print(format_ap_table({k: v for k, v in aps.items() if k != "mAP"}))
     return aps

@@ -137,6 +137,19 @@ class BBoxSnapshots:
             b.data[...] = keep_b
 
 
+def default_output_dir(solver_path):
+    """output/<the solver's folder>, relative to the current directory without a leading prototxt/ or models/
+    (prototxt/toy → output/toy, prototxt/VGG16/no_bbox_reg → output/VGG16/no_bbox_reg)."""
+    folder = Path(solver_path).resolve().parent
+    try:
+        parts = folder.relative_to(Path.cwd().resolve()).parts
+    except ValueError:
+        parts = (folder.name,)
+    if parts and parts[0] in ("prototxt", "models"):
+        parts = parts[1:]
+    return Path("output", *parts) if parts else Path("output", folder.name)
+
+
 def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_file=None, set_pairs=(),
           output_dir=None, data_root=None, progress=True):
     """Train as the solver says; returns the path of the final weights."""
@@ -155,7 +168,7 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
         cfg.TRAIN.BBOX_REG = False  # three tops: no bbox regression
     data_root = config_mod.resolve_data_root(data_root or cfg.DATA_ROOT)
     imdb = imdb or (lp.roi_data_param.imdb if lp.type == "RoIData" else "") or DEFAULT_IMDB
-    output_dir = Path(output_dir or Path("output") / Path(solver_path).resolve().parent.name)
+    output_dir = Path(output_dir or default_output_dir(solver_path))
     output_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(output_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

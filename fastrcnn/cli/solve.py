@@ -1,0 +1,38 @@
+"""frcnn-solve: train a Fast R-CNN detector from a solver prototxt (the original's tools/train_net.py)."""
+import argparse
+
+from .common import add_pipeline_options, run_main, set_pairs, setup
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="frcnn-solve",
+        description="Train a Fast R-CNN detector. The last line printed is the path of the final weights.")
+    parser.add_argument("solver", help="solver prototxt (its train_net holds the RoI data layer)")
+    parser.add_argument("--weights", default=None, help="initial weights, e.g. ImageNet (.caffemodel or .npz)")
+    parser.add_argument("--restore", default=None, metavar="STATE", help="continue from a .solverstate")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="train to this iteration (default: the solver's max_iter, else 40000)")
+    parser.add_argument("--imdb", default=None, help="training set, e.g. voc_2007_trainval, voc:<folder>:<split>, "
+                        "coco:<images>:<annotations.json>, toy_train (default: the data layer's imdb)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="snapshots, log and loss curves (default: output/<solver folder name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pipeline_options(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    def solve():
+        args = parse_args(argv)
+        setup(args)
+        from ..rcnn.train import train
+        path = train(args.solver, weights=args.weights, restore=args.restore, iters=args.iters, imdb=args.imdb,
+                     cfg_file=args.cfg, set_pairs=set_pairs(args.set), output_dir=args.output,
+                     data_root=args.data_root, progress=not args.quiet)
+        print(path)
+    run_main(solve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""frcnn-test: detect on a dataset and evaluate (the original's tools/test_net.py and tools/reval.py)."""
+import argparse
+
+from .common import add_pipeline_options, run_main, set_pairs, setup
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="frcnn-test",
+        description="Detect on a test set and print per-class AP; the last line is 'mAP: 0.xxxx'.")
+    parser.add_argument("net", nargs="?", help="test prototxt")
+    parser.add_argument("weights", nargs="?", help="trained weights (.npz or .caffemodel)")
+    parser.add_argument("--imdb", default=None,
+                        help="test set (default: the test split of the training set, else voc_2007_test)")
+    parser.add_argument("--output", default=None, metavar="DIR", help="detections, results files and APs")
+    parser.add_argument("--vis", type=int, default=0, metavar="N", help="draw the detections of the first N images")
+    parser.add_argument("--profile", action="store_true", help="print a timing breakdown (conv, RoI pooling, fc)")
+    parser.add_argument("--reval", default=None, metavar="DIR",
+                        help="re-evaluate the detections saved in DIR without running the network")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pipeline_options(parser)
+    args = parser.parse_args(argv)
+    if args.reval is None and (args.net is None or args.weights is None):
+        parser.error("give NET and WEIGHTS (or --reval DIR)")
+    return args
+
+
+def main(argv=None):
+    def test():
+        args = parse_args(argv)
+        setup(args)
+        from ..rcnn import tester
+        if args.reval:
+            aps = tester.reval(args.reval, imdb=args.imdb, cfg_file=args.cfg, set_pairs=set_pairs(args.set),
+                               data_root=args.data_root)
+        else:
+            aps = tester.run_test(args.net, args.weights, imdb=args.imdb, output_dir=args.output,
+                                  cfg_file=args.cfg, set_pairs=set_pairs(args.set), data_root=args.data_root,
+                                  profile=args.profile, vis=args.vis, progress=not args.quiet)
+        print(f"mAP: {aps['mAP']:.4f}")
+    run_main(test)
+
+
+if __name__ == "__main__":
+    main()

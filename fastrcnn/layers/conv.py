@@ -1,16 +1,29 @@
 """Convolution, as Caffe's ConvolutionLayer (base_conv_layer.cpp, conv_layer.cpp), on (N, C, H, W) bottoms.
 
 Output size ``(in + 2·pad − (dilation·(kernel − 1) + 1)) // stride + 1``. Every image and group is one matrix
-product of the weights (num_output/group, C/group·kh·kw) with the image's columns (C/group·kh·kw, OH·OW),
-which im2col writes into a work buffer kept across calls; 1×1 stride-1 unpadded convolutions multiply the
-image itself. Backward recomputes the columns (as Caffe does) for the weight gradient and scatters the
-column gradient back with col2im, one strided slice per kernel offset.
+product of the weights (num_output/group, C/group·kh·kw) with the image's columns (C/group·kh·kw, OH·OW);
+1×1 stride-1 unpadded convolutions multiply the image itself. im2col copies, for each kernel offset, the
+strided slice of the bottom that the offset samples straight into the columns (zeros where it falls in the
+padding, so no padded copy of the image is made). The columns live in one work buffer shared by the
+convolutions of a thread, filled a band of output rows at a time so that it stays within ``COLUMN_BUDGET``
+elements (a band keeps at least ``MIN_BAND_COLUMNS`` columns: BLAS is slow on narrow products). Backward
+rebuilds the columns (as Caffe does) for the weight gradient and scatters the column gradient back with one
+strided slice per kernel offset (col2im).
 """
+import math
+import threading
+
 from ..blob import Blob
 from ..fillers import fill
 from . import register
 from .activation import canonical_axis
 from .base import Layer
+
+#: Elements of the shared column buffer a convolution aims to stay within (256 MiB of float32), and the
+#: fewest output columns a band has whatever the budget.
+COLUMN_BUDGET = 1 << 26
+MIN_BAND_COLUMNS = 1 << 18
+_workspace = threading.local()
 
 
 def spatial_pair(layer, param, field, short, default):
@@ -51,21 +64,28 @@ def check_4d(layer, blob):
     return blob.shape
 
 
-def windows(xp, src, channels, kernel, dilation, out, stride):
-    """A strided view (C, kh, kw, OH, OW) of a (C, H, W) array: every kernel offset's sampling grid."""
-    s_c, s_h, s_w = src.strides
-    return xp.lib.stride_tricks.as_strided(
-        src, shape=(channels, kernel[0], kernel[1], out[0], out[1]),
-        strides=(s_c, dilation[0] * s_h, dilation[1] * s_w, stride[0] * s_h, stride[1] * s_w))
+def column_buffer(xp, dtype, count):
+    """A work array of ``count`` elements shared by the convolutions of this thread (grown, never shrunk)."""
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    key = (xp.__name__, dtype.str)
+    buf = buffers.get(key)
+    if buf is None or buf.size < count:
+        buffers[key] = None  # release the smaller buffer before allocating its successor
+        buffers[key] = buf = xp.empty(count, dtype=dtype)
+    return buf[:count]
 
 
-def offset_slices(kernel, dilation, out, stride):
-    """For every kernel offset (i, j), row-major, the (i, j, rows, cols) slices of a padded array's last two
-    axes that the offset samples for all outputs."""
-    return [(i, j,
-             slice(i * dilation[0], i * dilation[0] + stride[0] * (out[0] - 1) + 1, stride[0]),
-             slice(j * dilation[1], j * dilation[1] + stride[1] * (out[1] - 1) + 1, stride[1]))
-            for i in range(kernel[0]) for j in range(kernel[1])]
+def offset_ranges(size, kernel, stride, pad, out, dilation=1):
+    """Per kernel offset along one axis: (output slice, bottom slice) of the outputs whose window cell at that
+    offset lies inside [0, size), or None where no output's does."""
+    ranges = []
+    for i in range(kernel):
+        shift = i * dilation - pad
+        lo = max(0, -(shift // stride))
+        hi = min(out - 1, (size - 1 - shift) // stride)
+        ranges.append((slice(lo, hi + 1), slice(lo * stride + shift, hi * stride + shift + 1, stride))
+                      if lo <= hi else None)
+    return ranges
 
 
 @register("Convolution")
@@ -106,9 +126,6 @@ class Convolution(Layer):
                 blob = Blob(shape, dtype)
                 blob.data[...] = fill(getattr(p, field), shape, dtype, f"layer '{self.name}' {field}")
                 self.blobs.append(blob)
-        self._col = Blob((), dtype)         # im2col columns, and the column gradient in backward
-        self._padded = Blob((), dtype)      # a zero-bordered copy of one image
-        self._padded_diff = Blob((), dtype)
         self._geometry = None
 
     def reshape(self, bottom, top):
@@ -126,50 +143,67 @@ class Convolution(Layer):
             out.append(o)
         self.out = tuple(out)
         top[0].reshape(n, self.num_output, *self.out)
-        if self._geometry != (c, h, w) and not self.direct:
+        if self._geometry != (c, h, w):
             self._geometry = (c, h, w)
-            self._col.reshape(c, self.kernel[0], self.kernel[1], *self.out)
-            if self.pad != (0, 0):
-                padded = (c, h + 2 * self.pad[0], w + 2 * self.pad[1])
-                self._padded.reshape(padded)
-                self._padded.data[...] = 0
-                self._padded_diff.reshape(padded)
+            per_row = c * self.kernel[0] * self.kernel[1] * self.out[1]
+            rows = max(COLUMN_BUDGET // per_row, -(-MIN_BAND_COLUMNS // self.out[1]), 1)
+            count = 1 if self.direct else -(-self.out[0] // rows)
+            rows = -(-self.out[0] // count)  # bands of equal height: no narrow last product
+            self._bands = [(r, min(r + rows, self.out[0])) for r in range(0, self.out[0], rows)]
+            self._col_ranges = offset_ranges(w, self.kernel[1], self.stride[1], self.pad[1], self.out[1],
+                                             self.dilation[1])
 
     # -- im2col / col2im ------------------------------------------------------------------------------
-    def _columns(self, xp, image):
-        """The (group, C/group·kh·kw, OH·OW) columns of one (C, H, W) image."""
-        g = self.group
-        if self.direct:
-            return image.reshape(g, -1, image.shape[1] * image.shape[2])
-        src = image
-        if self.pad != (0, 0):
-            (ph, pw), (h, w) = self.pad, image.shape[1:]
-            src = self._padded.data
-            src[:, ph:ph + h, pw:pw + w] = image
-        col = self._col.data
-        col[...] = windows(xp, src, self.channels, self.kernel, self.dilation, self.out, self.stride)
-        return col.reshape(g, -1, self.out[0] * self.out[1])
+    def _offsets(self, band, height):
+        """(i, j, band rows, cols, bottom rows, bottom cols) of the kernel offsets that sample the bottom in
+        output rows ``band`` = (start, stop)."""
+        start, stop = band
+        rows = offset_ranges(height, self.kernel[0], self.stride[0], self.pad[0] - start * self.stride[0],
+                             stop - start, self.dilation[0])
+        return [(i, j) + row[:1] + col[:1] + row[1:] + col[1:]
+                for i, row in enumerate(rows) if row is not None
+                for j, col in enumerate(self._col_ranges) if col is not None]
 
-    def _col2im(self, col, image_diff):
-        """Scatter-add column gradients (C, kh, kw, OH, OW) into one image's gradient (overwritten)."""
-        (ph, pw), (h, w) = self.pad, image_diff.shape[1:]
-        dst = self._padded_diff.data if (ph or pw) else image_diff
-        dst[...] = 0
-        for i, j, rows, cols in offset_slices(self.kernel, self.dilation, self.out, self.stride):
-            dst[..., rows, cols] += col[:, i, j]
-        if ph or pw:
-            image_diff[...] = dst[:, ph:ph + h, pw:pw + w]
+    def _band_buffer(self, xp, dtype, band):
+        """The shared column buffer as (C, kh, kw, band rows, OW)."""
+        shape = (self.channels,) + self.kernel + (band[1] - band[0], self.out[1])
+        return column_buffer(xp, dtype, math.prod(shape)).reshape(shape)
+
+    def _columns(self, xp, image, band):
+        """The (group, C/group·kh·kw, rows·OW) columns of output rows ``band`` of one (C, H, W) image."""
+        if self.direct:
+            return image.reshape(self.group, -1, image.shape[1] * image.shape[2])
+        col = self._band_buffer(xp, image.dtype, band)
+        for i, j, ro, co, ri, ci in self._offsets(band, image.shape[1]):
+            dst = col[:, i, j]
+            dst[:, :ro.start] = 0
+            dst[:, ro.stop:] = 0
+            dst[:, ro, :co.start] = 0
+            dst[:, ro, co.stop:] = 0
+            dst[:, ro, co] = image[:, ri, ci]
+        return col.reshape(self.group, -1, col.shape[3] * col.shape[4])
+
+    def _col2im(self, col, image_diff, band):
+        """Scatter-add the column gradients (C, kh, kw, band rows, OW) into one image's gradient."""
+        for i, j, ro, co, ri, ci in self._offsets(band, image_diff.shape[1]):
+            image_diff[:, ri, ci] += col[:, i, j, ro, co]
 
     # -- passes ---------------------------------------------------------------------------------------
     def _weights(self):
         return self.blobs[0].data.reshape(self.group, self.num_output // self.group, -1)
+
+    def _band_view(self, array, band):
+        """The (group, num_output/group, band rows·OW) part of one image's top that output rows ``band`` fill."""
+        flat = array.reshape(self.group, array.shape[0] // self.group, -1)
+        return flat[:, :, band[0] * self.out[1]:band[1] * self.out[1]]
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
         weights = self._weights()
         for n in range(x.shape[0]):
-            xp.matmul(weights, self._columns(xp, x[n]), out=y[n].reshape(weights.shape[:2] + (-1,)))
+            for band in self._bands:
+                xp.matmul(weights, self._columns(xp, x[n], band), out=self._band_view(y[n], band))
         if self.bias_term:
             y += self.blobs[1].data.reshape(1, -1, 1, 1)
 
@@ -183,13 +217,22 @@ class Convolution(Layer):
             return
         weights = self._weights()
         weight_diff = self.blobs[0].diff.reshape(weights.shape)
+        dx = bottom[0].diff if propagate_down[0] else None
+        if dx is not None and not self.direct:
+            dx[...] = 0
         for n in range(x.shape[0]):
-            dy_n = dy[n].reshape(weights.shape[:2] + (-1,))
-            if need_weight:
-                weight_diff += xp.matmul(dy_n, self._columns(xp, x[n]).transpose(0, 2, 1))
-            if propagate_down[0]:
-                dx_n = bottom[0].diff[n]
-                target = dx_n if self.direct else self._col.data
-                xp.matmul(weights.transpose(0, 2, 1), dy_n, out=target.reshape(self.group, -1, dy_n.shape[2]))
-                if not self.direct:
-                    self._col2im(target, dx_n)
+            for band in self._bands:
+                dy_band = self._band_view(dy[n], band)
+                if need_weight:
+                    # (columns · dyᵀ)ᵀ: BLAS is several times slower on dy · columnsᵀ, whose long axis is
+                    # the reduction of a transposed operand
+                    product = xp.matmul(self._columns(xp, x[n], band), dy_band.transpose(0, 2, 1))
+                    weight_diff += product.transpose(0, 2, 1)
+                if dx is None:
+                    continue
+                if self.direct:
+                    xp.matmul(weights.transpose(0, 2, 1), dy_band, out=self._band_view(dx[n], band))
+                    continue
+                col = self._band_buffer(xp, x.dtype, band)
+                xp.matmul(weights.transpose(0, 2, 1), dy_band, out=col.reshape(self.group, -1, dy_band.shape[2]))
+                self._col2im(col, dx[n], band)

@@ -3,8 +3,13 @@
 Output size ``ceil((in + 2·pad − kernel) / stride) + 1`` (``floor`` with round_mode FLOOR), minus one when
 padding would make the last window start at or beyond ``in + pad``. MAX windows are clipped to the image, so
 padded cells never win, and ties go to the first maximum in row-major order (Caffe's strict ``>``). An AVE
-window's divisor counts the padding cells inside ``in + pad`` but not those beyond. Both passes loop over the
-kernel offsets, each a strided slice of a padded copy of the bottom, never over output pixels.
+window's divisor counts the padding cells inside ``in + pad`` but not those beyond.
+
+Both passes loop over the kernel offsets, never over output pixels, and read the bottom in place: each offset
+touches the outputs whose window cell at that offset lies inside the bottom (a strided slice of it), so
+padding needs no bordered copy. The forward pass is separable, the rows of each window first and then its
+columns (kh + kw whole-array operations, the first ones on contiguous rows). The MAX argmax is needed only by
+backward and by the optional mask top: backward recomputes it from the bottom, so inference never pays for it.
 """
 import numpy
 
@@ -12,7 +17,7 @@ from ..blob import Blob
 from ..proto import caffe_pb2
 from . import register
 from .base import Layer
-from .conv import check_4d, offset_slices, spatial_pair
+from .conv import check_4d, offset_ranges, spatial_pair
 
 _P = caffe_pb2.PoolingParameter
 
@@ -58,10 +63,9 @@ class Pooling(Layer):
                     raise self.error(f"pad_{axis} {pad} must be smaller than kernel_{axis} {k}")
         self.ceil = p.round_mode == _P.CEIL
         dtype = bottom[0].dtype
-        self._padded = Blob((), dtype)
-        self._padded_diff = Blob((), dtype)
-        self._argmax = Blob((), numpy.int32)
-        self._better = Blob((), numpy.bool_)
+        self._rows = Blob((), dtype)              # the forward's row pass: (N, C, OH, W)
+        self._best = Blob((), dtype)              # the argmax pass's running maximum
+        self._argmax_buf = Blob((), numpy.int32)  # and its offset index
         self._geometry = None
 
     def reshape(self, bottom, top):
@@ -83,77 +87,89 @@ class Pooling(Layer):
         self.out = tuple(out)
         for t in top:
             t.reshape(n, c, *self.out)
+        if len(top) == 2:
+            self._argmax_buf.reshape(n, c, *self.out)
+            self._best.reshape(n, c, *self.out)
         if self._geometry != shape:
             self._geometry = shape
             self._reallocate(bottom[0])
 
     def _reallocate(self, bottom):
-        """Work buffers for a new bottom shape: the padded copy (borders −inf for MAX, 0 for AVE)."""
+        """For a new bottom shape: each axis's per-offset slices, the row-pass buffer and the AVE divisors."""
         xp = self.xp(bottom)
         n, c, h, w = bottom.shape
-        self.padded_size = tuple(max(size + 2 * p, (o - 1) * s + k) for size, p, o, s, k in
-                            zip((h, w), self.pad, self.out, self.stride, self.kernel))
-        if self.padded_size != (h, w):
-            self._padded.reshape(n, c, *self.padded_size)
-            self._padded.data[...] = -xp.inf if self.max else 0
-            self._padded_diff.reshape(n, c, *self.padded_size)
-        if self.max:
-            self._argmax.reshape(n, c, *self.out)
-            self._better.reshape(n, c, *self.out)
-        else:
+        self.ranges = [offset_ranges(size, k, s, p, o) for size, k, s, p, o in
+                       zip((h, w), self.kernel, self.stride, self.pad, self.out)]
+        self._rows.reshape(n, c, self.out[0], w)
+        if not self.max:
             counts = [xp.minimum(xp.arange(o) * s - p + k, size + p) - (xp.arange(o) * s - p)
                       for size, p, o, s, k in zip((h, w), self.pad, self.out, self.stride, self.kernel)]
             self.divisor = (counts[0][:, None] * counts[1][None, :]).astype(bottom.dtype)
 
     def _offsets(self):
-        return offset_slices(self.kernel, (1, 1), self.out, self.stride)
+        """(k, output rows, output cols, bottom rows, bottom cols) for every kernel offset k (row-major) that
+        some output samples inside the bottom."""
+        rows, cols = self.ranges
+        return [(i * self.kernel[1] + j, ro, co, ri, ci)
+                for i, (ro, ri) in enumerate(rows) if ro is not None
+                for j, (co, ci) in enumerate(cols) if co is not None]
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
-        x, y = bottom[0].data, top[0].data
-        src = x
-        if self.padded_size != x.shape[2:]:
-            (ph, pw), (h, w) = self.pad, x.shape[2:]
-            src = self._padded.data
-            src[:, :, ph:ph + h, pw:pw + w] = x
-        if self.max:
-            arg, better = self._argmax.data, self._better.data
-            for k, (_, _, rows, cols) in enumerate(self._offsets()):
-                window = src[..., rows, cols]
-                if k == 0:
-                    y[...] = window
-                    arg[...] = 0
-                else:
-                    xp.greater(window, y, out=better)
-                    xp.copyto(y, window, where=better)
-                    xp.copyto(arg, k, where=better)
-            if len(top) == 2:
-                kw = self.kernel[1]
-                rows = xp.arange(self.out[0])[:, None] * self.stride[0] - self.pad[0] + arg // kw
-                cols = xp.arange(self.out[1]) * self.stride[1] - self.pad[1] + arg % kw
-                top[1].data[...] = rows * x.shape[3] + cols
-        else:
-            y[...] = 0
-            for _, _, rows, cols in self._offsets():
-                y += src[..., rows, cols]
+        x, y, rows = bottom[0].data, top[0].data, self._rows.data
+        op, fill = (xp.maximum, -xp.inf) if self.max else (xp.add, 0)
+        _reduce(op, x, rows, self.ranges[0], 2, fill)
+        _reduce(op, rows, y, self.ranges[1], 3, fill)
+        if not self.max:
             y /= self.divisor
+        elif len(top) == 2:
+            top[1].data[...] = self._argmax(xp, x)
+
+    def _argmax(self, xp, x):
+        """Each window's first maximum as h·W + w in its plane (Caffe's mask), recomputed from the bottom."""
+        best = self._best.data
+        arg = self._argmax_buf.data
+        best[...] = -xp.inf
+        arg[...] = 0
+        for k, ro, co, ri, ci in self._offsets():
+            window, current = x[..., ri, ci], best[..., ro, co]
+            better = window > current
+            xp.copyto(current, window, where=better)
+            xp.copyto(arg[..., ro, co], k, where=better)
+        kw = self.kernel[1]
+        rows = xp.arange(self.out[0])[:, None] * self.stride[0] - self.pad[0] + arg // kw
+        cols = xp.arange(self.out[1]) * self.stride[1] - self.pad[1] + arg % kw
+        return rows * x.shape[3] + cols
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
         xp = self.xp(bottom[0])
         dx, dy = bottom[0].diff, top[0].diff
-        padded = self.padded_size != dx.shape[2:]
-        dst = self._padded_diff.data if padded else dx
-        dst[...] = 0
         if self.max:
-            arg = self._argmax.data
-            for k, (_, _, rows, cols) in enumerate(self._offsets()):
-                dst[..., rows, cols] += xp.where(arg == k, dy, 0)
-        else:
-            share = dy / self.divisor
-            for _, _, rows, cols in self._offsets():
-                dst[..., rows, cols] += share
-        if padded:
-            (ph, pw), (h, w) = self.pad, dx.shape[2:]
-            dx[...] = dst[:, :, ph:ph + h, pw:pw + w]
+            # one scatter of every top diff onto its window's argmax (overlapping windows add up)
+            self._argmax_buf.reshape(dy.shape)
+            self._best.reshape(dy.shape)
+            n, c, h, w = dx.shape
+            planes = xp.arange(n * c).reshape(n, c, 1, 1) * (h * w)
+            index = (self._argmax(xp, bottom[0].data) + planes).reshape(-1)
+            dx[...] = xp.bincount(index, weights=dy.reshape(-1), minlength=dx.size).reshape(dx.shape)
+            return
+        dx[...] = 0
+        share = dy / self.divisor
+        for _, ro, co, ri, ci in self._offsets():
+            dx[..., ri, ci] += share[..., ro, co]
+
+
+def _reduce(op, src, dst, ranges, axis, fill):
+    """dst = op over the kernel offsets along ``axis`` of src's slices (outputs that no offset reaches get
+    ``fill``); the widest slice initialises dst, so each output is written once and reduced kernel − 1 times."""
+    def along(s):
+        return (slice(None),) * axis + (s,)
+    (out0, in0), *rest = sorted((r for r in ranges if r is not None), key=lambda r: r[0].start - r[0].stop)
+    dst[along(slice(0, out0.start))] = fill
+    dst[along(slice(out0.stop, None))] = fill
+    dst[along(out0)] = src[along(in0)]
+    for out, inp in rest:
+        view = dst[along(out)]
+        op(view, src[along(inp)], out=view)

@@ -124,7 +124,7 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
     width = net.blobs["cls_score"].shape[-1] if "cls_score" in net.blobs else None
     if width is not None and width != len(classes):
         raise Error(f"net '{net_path}' scores {width} classes but {imdb} has {len(classes)} including background")
-    proposals = load_or_compute_proposals(dataset, cfg, data_root)
+    proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress)
     include_gt = dataset.year == 2007 or dataset.split != "test"  # the original's VOC07 test roidb
     gt_boxes = [g["boxes"] for g in gt] if include_gt else None
     output_dir = Path(output_dir or Path("output") / "test" / Path(str(weights)).stem / imdb.replace(":", "_")

@@ -179,7 +179,7 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
         dataset = get_dataset(imdb, data_root)
         dataset.validate()
         check_class_count(net_param, dataset.num_classes, net_source)
-        proposals = load_or_compute_proposals(dataset, cfg, data_root)
+        proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress)
         roidb, means, stds = training_roidb(dataset, proposals, cfg)
         log.info("roidb: %d entries (%d images%s)", len(roidb), dataset.num_images,
                  ", with flipped copies" if cfg.TRAIN.USE_FLIPPED else "")

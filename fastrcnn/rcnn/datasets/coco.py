@@ -33,9 +33,9 @@ class COCODataset(Dataset):
                 by_image.setdefault(ann["image_id"], []).append(ann)
         except OSError as exc:
             raise Error(f"{self.annotation_file}: cannot read ({exc.strerror or exc})") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise Error(f"{self.annotation_file}: not valid JSON ({exc})") from None
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise Error(f"{self.annotation_file}: not a COCO instances file (missing or bad field {exc})") from None
         unknown = sorted(set(by_image) - {im[0] for im in self._images}, key=str)
         if unknown:

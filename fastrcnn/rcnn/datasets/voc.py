@@ -105,7 +105,7 @@ def _optional_int(text):
     """A positive size from the XML, or None when absent or not a positive integer (then read the image)."""
     try:
         value = int(float(text))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return value if value > 0 else None
 

@@ -6,9 +6,7 @@ net is brought to the current format the way Caffe's upgrade_proto.cpp does: V1 
 """
 
 import math
-import os
 import re
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from .errors import Error
+from .fileio import atomic_write
 from .proto import caffe_pb2
 
 __all__ = [
@@ -218,19 +217,9 @@ def read_caffemodel(path):
 
 
 def write_caffemodel(path, net_param):
-    """Write `net_param` as a binary .caffemodel, atomically (a temp file beside it, then os.replace)."""
-    path = Path(path)
+    """Write `net_param` as a binary .caffemodel, atomically."""
     data = net_param.SerializeToString()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise Error(f"{path}: cannot write ({e.strerror})") from None
+    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------- blobs

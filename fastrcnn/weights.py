@@ -9,8 +9,6 @@ beside the target, then ``os.replace``, so an interrupted save never leaves a ha
 """
 import collections
 import json
-import os
-import secrets
 import tokenize
 import zipfile
 import zlib
@@ -20,6 +18,7 @@ import numpy
 
 from . import backend, protoio
 from .errors import Error
+from .fileio import atomic_write
 
 FORMAT = "fastrcnn-weights"
 VERSION = 1
@@ -34,24 +33,6 @@ _DEFAULT_HINT = ("the weights were made for another net definition; to learn thi
 
 
 # -- generic atomic .npz files (also used for solver states) ----------------------------------------------
-def atomic_write(path, write):
-    """Call ``write(file)`` on a new temp file beside ``path``, then move it into place with os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise Error(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_npz(path, arrays, meta):
     """Write ``arrays`` ({key: array}) and ``meta`` (a JSON-able dict) to an .npz, atomically."""
     entries = dict(arrays)

@@ -1,6 +1,5 @@
 """The training and test pipeline on small generated datasets: the original S/M/L prototxts train unchanged,
 toy training resumes bitwise, and detection, evaluation, compression and the demo run end to end."""
-import os
 import shutil
 from pathlib import Path
 

@@ -34,7 +34,7 @@ class ReLU(_Elementwise):
         if propagate_down[0]:
             y, dy = top[0].data, top[0].diff
             xp = self.xp(top[0])
-            scale = xp.where(y > 0, 1, self.slope).astype(dy.dtype)
+            scale = xp.where(y > 0, 1, self.slope).astype(dy.dtype) if self.slope else y > 0
             xp.multiply(dy, scale, out=bottom[0].diff)
 
 

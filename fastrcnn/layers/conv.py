@@ -155,14 +155,13 @@ class Convolution(Layer):
 
     # -- im2col / col2im ------------------------------------------------------------------------------
     def _offsets(self, band, height):
-        """(i, j, band rows, cols, bottom rows, bottom cols) of the kernel offsets that sample the bottom in
-        output rows ``band`` = (start, stop)."""
+        """(i, j, band rows, cols, bottom rows, bottom cols) of every kernel offset for output rows ``band`` =
+        (start, stop); the slices are None where the offset samples only padding."""
         start, stop = band
         rows = offset_ranges(height, self.kernel[0], self.stride[0], self.pad[0] - start * self.stride[0],
                              stop - start, self.dilation[0])
-        return [(i, j) + row[:1] + col[:1] + row[1:] + col[1:]
-                for i, row in enumerate(rows) if row is not None
-                for j, col in enumerate(self._col_ranges) if col is not None]
+        return [(i, j) + (row[0], col[0], row[1], col[1]) if row and col else (i, j, None, None, None, None)
+                for i, row in enumerate(rows) for j, col in enumerate(self._col_ranges)]
 
     def _band_buffer(self, xp, dtype, band):
         """The shared column buffer as (C, kh, kw, band rows, OW)."""
@@ -176,6 +175,9 @@ class Convolution(Layer):
         col = self._band_buffer(xp, image.dtype, band)
         for i, j, ro, co, ri, ci in self._offsets(band, image.shape[1]):
             dst = col[:, i, j]
+            if ro is None:
+                dst[...] = 0
+                continue
             dst[:, :ro.start] = 0
             dst[:, ro.stop:] = 0
             dst[:, ro, :co.start] = 0
@@ -186,7 +188,8 @@ class Convolution(Layer):
     def _col2im(self, col, image_diff, band):
         """Scatter-add the column gradients (C, kh, kw, band rows, OW) into one image's gradient."""
         for i, j, ro, co, ri, ci in self._offsets(band, image_diff.shape[1]):
-            image_diff[:, ri, ci] += col[:, i, j, ro, co]
+            if ro is not None:
+                image_diff[:, ri, ci] += col[:, i, j, ro, co]
 
     # -- passes ---------------------------------------------------------------------------------------
     def _weights(self):

@@ -64,8 +64,8 @@ class Pooling(Layer):
         self.ceil = p.round_mode == _P.CEIL
         dtype = bottom[0].dtype
         self._rows = Blob((), dtype)              # the forward's row pass: (N, C, OH, W)
-        self._best = Blob((), dtype)              # the argmax pass's running maximum
-        self._argmax_buf = Blob((), numpy.int32)  # and its offset index
+        self._best = Blob((), dtype)              # the argmax pass's maximum
+        self._argmax_buf = Blob((), numpy.int32)  # and the kernel offset holding it
         self._geometry = None
 
     def reshape(self, bottom, top):
@@ -126,16 +126,14 @@ class Pooling(Layer):
             top[1].data[...] = self._argmax(xp, x)
 
     def _argmax(self, xp, x):
-        """Each window's first maximum as h·W + w in its plane (Caffe's mask), recomputed from the bottom."""
-        best = self._best.data
-        arg = self._argmax_buf.data
-        best[...] = -xp.inf
-        arg[...] = 0
-        for k, ro, co, ri, ci in self._offsets():
-            window, current = x[..., ri, ci], best[..., ro, co]
-            better = window > current
-            xp.copyto(current, window, where=better)
-            xp.copyto(arg[..., ro, co], k, where=better)
+        """Each window's first maximum as h·W + w in its plane (Caffe's mask), recomputed from the bottom: the
+        maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
+        the first offset in row-major order that holds it is the one left."""
+        best, arg = self._best.data, self._argmax_buf.data
+        _reduce(xp.maximum, x, self._rows.data, self.ranges[0], 2, -xp.inf)
+        _reduce(xp.maximum, self._rows.data, best, self.ranges[1], 3, -xp.inf)
+        for k, ro, co, ri, ci in reversed(self._offsets()):
+            xp.copyto(arg[..., ro, co], k, where=x[..., ri, ci] == best[..., ro, co])
         kw = self.kernel[1]
         rows = xp.arange(self.out[0])[:, None] * self.stride[0] - self.pad[0] + arg // kw
         cols = xp.arange(self.out[1]) * self.stride[1] - self.pad[1] + arg % kw

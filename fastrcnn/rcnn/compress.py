@@ -12,6 +12,7 @@ from google.protobuf import text_format
 
 from .. import protoio
 from ..errors import Error
+from ..fileio import atomic_write_text
 from ..weights import read_weights, write_weights
 
 DEFAULT_RANKS = {"fc6": 1024, "fc7": 256}
@@ -90,9 +91,7 @@ def compress(net_path, weights_path, ranks=None, output_dir=None):
     weights_out = output_dir / f"{Path(weights_path).stem}_svd_{tag}.npz"
     header = (f"# {Path(net_path).name} with truncated SVD of " + ", ".join(f"{n} (rank {r})" for n, r in
               ranks.items()) + ", written by frcnn-compress\n")
-    tmp = prototxt.with_suffix(".prototxt.tmp")
-    tmp.write_text(header + text_format.MessageToString(net_param))
-    tmp.replace(prototxt)
+    atomic_write_text(prototxt, header + text_format.MessageToString(net_param))
     types = dict(meta.get("layer_types") or {})
     for name in ranks:
         types.pop(name, None)

@@ -7,13 +7,13 @@ original's detections.pkl but never a pickle) so that ``--reval`` re-evaluates w
 import collections
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import Error
+from ..fileio import atomic_write_text
 from ..net import Net
 from ..weights import write_npz, read_npz
 from . import config as config_mod
@@ -99,11 +99,14 @@ def evaluate(dataset, dets, classes, cfg, output_dir):
     final = apply_nms(dets, cfg.TEST.NMS)
     gt = dataset.gt_roidb()
     aps = evaluate_detections(final, gt, classes, use_07_metric(dataset, cfg))
+    if hasattr(dataset, "category_ids"):  # a COCO dataset: its own AP as well
+        from .coco_eval import evaluate_coco
+        coco = evaluate_coco(final, dataset.image_ids, dataset.category_ids, dataset.annotation_file)
+        log.info("COCO AP@[.5:.95] %.4f, AP50 %.4f, AP75 %.4f", coco["AP"], coco["AP50"], coco["AP75"])
     write_voc_results(output_dir / "results", dataset.name.replace(":", "_").replace("/", "_"), classes, final,
                       dataset.image_ids)
-    tmp = output_dir / "aps.json.tmp"
-    tmp.write_text(json.dumps({k: (None if np.isnan(v) else float(v)) for k, v in aps.items()}, indent=1))
-    os.replace(tmp, output_dir / "aps.json")
+    atomic_write_text(output_dir / "aps.json",
+                      json.dumps({k: (None if np.isnan(v) else float(v)) for k, v in aps.items()}, indent=1))
     return aps
 
 

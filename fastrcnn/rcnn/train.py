@@ -10,7 +10,6 @@ continues exactly.
 """
 import logging
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .. import backend, protoio
 from ..errors import Error
+from ..fileio import atomic_write
 from ..solver import SGDSolver, train_net_source
 from . import config as config_mod
 from .datasets import get_dataset
@@ -254,7 +254,5 @@ def _plot_losses(history, path):
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

@@ -1,11 +1,11 @@
 """Drawing detections onto images (the original demo's vis_detections), as PNG files."""
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..errors import Error
+from ..fileio import atomic_write
 
 
 def _colour(j):
@@ -37,8 +37,8 @@ def draw_detections(image, dets, classes, path, thresh):
             drawn.append((classes[j], float(score), box))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    if not cv2.imwrite(str(tmp), canvas):
-        raise Error(f"{path}: cannot write the image")
-    os.replace(tmp, path)
+    ok, png = cv2.imencode(".png", canvas)
+    if not ok:
+        raise Error(f"{path}: cannot encode the image")
+    atomic_write(path, lambda f: f.write(png.tobytes()))
     return drawn

@@ -13,11 +13,11 @@ computes the same numbers in NumPy:
 - VOC2007 uses the 11-point AP, later devkits the area under the monotone precision envelope.
 """
 import os
-import tempfile
 
 import numpy as np
 
 from ..errors import Error
+from ..fileio import atomic_write_text
 from .boxes import bbox_overlaps
 
 # MATLAB's ``0:0.1:1``: the first half is 0 + k*0.1 and the second half 1 - k*0.1, so the fourth value is
@@ -244,14 +244,7 @@ def write_voc_results(out_dir, set_name, class_names, all_dets, image_ids, prefi
             lines.extend(f"{image_id} {s:.3f} {a:.1f} {b:.1f} {x:.1f} {y:.1f}\n"
                          for s, (a, b, x, y) in zip(dets[:, 4].tolist(), coords.tolist()))
         path = _results_path(out_dir, prefix, set_name, cls)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(lines)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_text(path, "".join(lines))
         paths.append(path)
     return paths
 

@@ -44,3 +44,19 @@ def images_to_blob(images):
     for i, im in enumerate(images):
         blob[i, :, :im.shape[0], :im.shape[1]] = im.transpose(2, 0, 1)
     return blob
+
+
+def prefetch_images(paths, workers=2, depth=4):
+    """Yield ``read_image(path)`` for each path, decoding up to ``depth`` images ahead in ``workers`` threads
+    (OpenCV releases the GIL while it decodes, so loading overlaps the network's computation)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imread") as pool:
+        pending = deque(pool.submit(read_image, p) for _, p in zip(range(depth), paths))
+        while pending:
+            image = pending.popleft().result()
+            for p in paths:
+                pending.append(pool.submit(read_image, p))
+                break
+            yield image

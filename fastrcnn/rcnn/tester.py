@@ -19,7 +19,7 @@ from ..weights import write_npz, read_npz
 from . import config as config_mod
 from .datasets import get_dataset
 from .detect import apply_nms, detect_dataset
-from .image import read_image
+from .image import prefetch_images, read_image
 from .proposals import load_or_compute_proposals
 from .voc_eval import evaluate_detections, format_ap_table, use_07_metric_for_year, write_voc_results
 
@@ -136,7 +136,7 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
     if profile:
         net.timings = collections.defaultdict(float)
     bar = tqdm(total=dataset.num_images, disable=not progress, unit="im", dynamic_ncols=True)
-    images = (read_image(dataset.image_path(i)) for i in range(dataset.num_images))
+    images = prefetch_images(dataset.image_path(i) for i in range(dataset.num_images))
     start = time.perf_counter()
     dets = detect_dataset(net, images, proposals, len(classes), cfg, gt_boxes, progress=lambda: bar.update(1))
     bar.close()

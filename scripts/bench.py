@@ -69,7 +69,6 @@ if __name__ == "__main__":
         os.environ[_variable] = str(ARGS.threads)
     sys.path.insert(0, str(ROOT))
 
-import collections  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -216,10 +215,6 @@ def detect_config(height, width):
     return cfg
 
 
-def roi_layer_index(net):
-    return next(i for i, layer in enumerate(net.layers) if layer.type == "ROIPooling")
-
-
 def conv_flops(net, lo=0, hi=None):
     """2 × multiply-adds of the Convolution and InnerProduct layers lo..hi (current blob shapes)."""
     total = 0
@@ -274,7 +269,7 @@ class Model:
         self.boxes = random_boxes(rng, sizes.rois, self.height, self.width)
         self.cfg = detect_config(self.height, self.width)
         self.data, _ = image_pyramid(self.image, self.cfg)
-        self.roi_index = roi_layer_index(self.net)
+        self.roi_index = next(i for i, layer in enumerate(self.net.layers) if layer.type == "ROIPooling")
         roi_layer = self.net.layers[self.roi_index]
         self.roi_name = self.net.layer_names[self.roi_index]
         self.trunk_end = self.net.layer_names[self.roi_index - 1]
@@ -474,10 +469,10 @@ class TorchTwin:
 
 
 # ------------------------------------------------------------------------------------------- OpenCV twin
-def opencv_prototxt(model, directory, trunk_end=None, variant="test.prototxt"):
-    """A copy of the model's prototxt for OpenCV: LRN k set to 1 (its importer ignores k), and with
+def opencv_prototxt(model, directory, trunk_end=None):
+    """A copy of the model's test prototxt for OpenCV: LRN k set to 1 (its importer ignores k), and with
     ``trunk_end`` only the layers up to it and the 'data' input."""
-    net_param = protoio.load_net(str(prototxt(model, variant)))
+    net_param = protoio.load_net(str(prototxt(model)))
     for lp in net_param.layer:
         if lp.type == "LRN":
             lp.lrn_param.k = 1.0
@@ -491,7 +486,7 @@ def opencv_prototxt(model, directory, trunk_end=None, variant="test.prototxt"):
         kept_shapes = [type(shapes[0])(dim=list(s.dim)) for s in shapes]
         del net_param.input_shape[:]
         net_param.input_shape.extend(kept_shapes)
-    path = Path(directory) / f"{model}_{'trunk' if trunk_end else variant.replace('/', '_')}"
+    path = Path(directory) / f"{model}_{'trunk' if trunk_end else 'test'}.prototxt"
     path.write_text(text_format.MessageToString(net_param))
     return path, net_param
 
@@ -650,10 +645,11 @@ class Bench:
         feature_map = np.array(model.net.blobs[model.features].data, copy=True)
         _, channels, height, width = feature_map.shape
         layer = model.net.layers[model.roi_index].param
+        pooling = text_format.MessageToString(layer.roi_pooling_param, as_one_line=True)
         text = (f'name: "roi" force_backward: true input: "features" input_shape {{ dim: 1 dim: {channels} '
                 f'dim: {height} dim: {width} }} input: "rois" input_shape {{ dim: 1 dim: 5 }} '
                 f'layer {{ name: "roi_pool" type: "ROIPooling" bottom: "features" bottom: "rois" top: "pooled" '
-                f'{text_format.MessageToString(layer.roi_pooling_param, as_one_line=True).join(("roi_pooling_param {", "}"))} }}')
+                f'roi_pooling_param {{ {pooling} }} }}')
         net = Net(protoio.net_from_string(text), "TRAIN")
         rng = np.random.default_rng(5)
         for kind, count, train in (("roi", self.sizes.rois, False), ("roi-train", self.sizes.train_rois, True)):

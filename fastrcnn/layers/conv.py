@@ -5,7 +5,7 @@ product of the weights (num_output/group, C/group·kh·kw) with the image's colu
 1×1 stride-1 unpadded convolutions multiply the image itself. im2col copies, for each kernel offset, the
 strided slice of the bottom that the offset samples straight into the columns (zeros where it falls in the
 padding, so no padded copy of the image is made). The columns live in one work buffer shared by the
-convolutions of a thread, filled a band of output rows at a time so that it stays within ``COLUMN_BUDGET``
+layers of a thread, filled a band of output rows at a time so that it stays within ``COLUMN_BUDGET``
 elements (a band keeps at least ``MIN_BAND_COLUMNS`` columns: BLAS is slow on narrow products). Backward
 rebuilds the columns (as Caffe does) for the weight gradient and scatters the column gradient back with one
 strided slice per kernel offset (col2im).
@@ -64,8 +64,9 @@ def check_4d(layer, blob):
     return blob.shape
 
 
-def column_buffer(xp, dtype, count):
-    """A work array of ``count`` elements shared by the convolutions of this thread (grown, never shrunk)."""
+def work_buffer(xp, dtype, count):
+    """A work array of ``count`` elements shared by the layers of this thread (grown, never shrunk): the
+    convolutions' columns and the poolings' row pass, whose contents live only within one layer's pass."""
     buffers = _workspace.__dict__.setdefault("buffers", {})
     key = (xp.__name__, dtype.str)
     buf = buffers.get(key)
@@ -130,6 +131,8 @@ class Convolution(Layer):
 
     def reshape(self, bottom, top):
         n, c, h, w = check_4d(self, bottom[0])
+        if c == 0:
+            raise self.error(f"bottom has no channels (shape {bottom[0].shape})")
         if c != self.channels:
             raise self.error(f"bottom has {c} channels, but the layer was set up for {self.channels} "
                              f"(weights {self.blobs[0].shape}, group {self.group})")
@@ -166,7 +169,7 @@ class Convolution(Layer):
     def _band_buffer(self, xp, dtype, band):
         """The shared column buffer as (C, kh, kw, band rows, OW)."""
         shape = (self.channels,) + self.kernel + (band[1] - band[0], self.out[1])
-        return column_buffer(xp, dtype, math.prod(shape)).reshape(shape)
+        return work_buffer(xp, dtype, math.prod(shape)).reshape(shape)
 
     def _columns(self, xp, image, band):
         """The (group, C/group·kh·kw, rows·OW) columns of output rows ``band`` of one (C, H, W) image."""

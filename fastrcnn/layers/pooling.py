@@ -11,13 +11,15 @@ padding needs no bordered copy. The forward pass is separable, the rows of each 
 columns (kh + kw whole-array operations, the first ones on contiguous rows). The MAX argmax is needed only by
 backward and by the optional mask top: backward recomputes it from the bottom, so inference never pays for it.
 """
+import math
+
 import numpy
 
 from ..blob import Blob
 from ..proto import caffe_pb2
 from . import register
 from .base import Layer
-from .conv import check_4d, offset_ranges, spatial_pair
+from .conv import check_4d, offset_ranges, spatial_pair, work_buffer
 
 _P = caffe_pb2.PoolingParameter
 
@@ -63,7 +65,6 @@ class Pooling(Layer):
                     raise self.error(f"pad_{axis} {pad} must be smaller than kernel_{axis} {k}")
         self.ceil = p.round_mode == _P.CEIL
         dtype = bottom[0].dtype
-        self._rows = Blob((), dtype)              # the forward's row pass: (N, C, OH, W)
         self._best = Blob((), dtype)              # the argmax pass's maximum
         self._argmax_buf = Blob((), numpy.int32)  # and the kernel offset holding it
         self._geometry = None
@@ -95,12 +96,11 @@ class Pooling(Layer):
             self._reallocate(bottom[0])
 
     def _reallocate(self, bottom):
-        """For a new bottom shape: each axis's per-offset slices, the row-pass buffer and the AVE divisors."""
+        """For a new bottom shape: each axis's per-offset slices and the AVE divisors."""
         xp = self.xp(bottom)
-        n, c, h, w = bottom.shape
+        h, w = bottom.shape[2:]
         self.ranges = [offset_ranges(size, k, s, p, o) for size, k, s, p, o in
                        zip((h, w), self.kernel, self.stride, self.pad, self.out)]
-        self._rows.reshape(n, c, self.out[0], w)
         if not self.max:
             counts = [xp.minimum(xp.arange(o) * s - p + k, size + p) - (xp.arange(o) * s - p)
                       for size, p, o, s, k in zip((h, w), self.pad, self.out, self.stride, self.kernel)]
@@ -114,12 +114,19 @@ class Pooling(Layer):
                 for i, (ro, ri) in enumerate(rows) if ro is not None
                 for j, (co, ci) in enumerate(cols) if co is not None]
 
-    def forward(self, bottom, top):
-        xp = self.xp(bottom[0])
-        x, y, rows = bottom[0].data, top[0].data, self._rows.data
+    def _pool(self, xp, x, y):
+        """y = the windows' maxima (MAX) or sums (AVE) of x: along rows into the shared work buffer, then
+        along columns."""
+        shape = x.shape[:2] + (self.out[0], x.shape[3])
+        rows = work_buffer(xp, x.dtype, math.prod(shape)).reshape(shape)
         op, fill = (xp.maximum, -xp.inf) if self.max else (xp.add, 0)
         _reduce(op, x, rows, self.ranges[0], 2, fill)
         _reduce(op, rows, y, self.ranges[1], 3, fill)
+
+    def forward(self, bottom, top):
+        xp = self.xp(bottom[0])
+        x, y = bottom[0].data, top[0].data
+        self._pool(xp, x, y)
         if not self.max:
             y /= self.divisor
         elif len(top) == 2:
@@ -130,8 +137,7 @@ class Pooling(Layer):
         maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
         the first offset in row-major order that holds it is the one left."""
         best, arg = self._best.data, self._argmax_buf.data
-        _reduce(xp.maximum, x, self._rows.data, self.ranges[0], 2, -xp.inf)
-        _reduce(xp.maximum, self._rows.data, best, self.ranges[1], 3, -xp.inf)
+        self._pool(xp, x, best)
         for k, ro, co, ri, ci in reversed(self._offsets()):
             xp.copyto(arg[..., ro, co], k, where=x[..., ri, ci] == best[..., ro, co])
         kw = self.kernel[1]

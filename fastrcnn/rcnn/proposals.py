@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +37,24 @@ def _canonical(boxes, top_k):
 
 
 def selective_search(image, top_k=2000):
-    """(n, 4) float32 boxes x1, y1, x2, y2 (0-based inclusive) from OpenCV's selective search, fast mode."""
+    """(n, 4) float32 boxes x1, y1, x2, y2 (0-based inclusive) from OpenCV's selective search, fast mode
+    (``switchToSelectiveSearchFast()``: base_k = inc_k = 150, sigma = 0.8), of a BGR, BGRA or grey uint8 image."""
     import cv2
     try:
         segmentation = cv2.ximgproc.segmentation
     except AttributeError:
         raise Error("selective search needs OpenCV's contrib modules: install opencv-contrib-python-headless "
                     "(and not opencv-python alongside it)") from None
+    image = np.asarray(image)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+        raise Error(f"selective search needs an 8-bit BGR, BGRA or grey image, got a {image.dtype} array of "
+                    f"shape {image.shape}")
     ss = segmentation.createSelectiveSearchSegmentation()
-    ss.setBaseImage(image)
+    ss.setBaseImage(np.ascontiguousarray(image))
     ss.switchToSelectiveSearchFast()
     rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)
     boxes = np.column_stack([rects[:, 0], rects[:, 1], rects[:, 0] + rects[:, 2] - 1,
@@ -52,10 +62,15 @@ def selective_search(image, top_k=2000):
     return _canonical(boxes, top_k)
 
 
+def _one_thread():
+    """Worker initialiser: one OpenCV thread per worker process (the processes are the parallelism)."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
 def _worker(args):
     path, top_k = args
     import cv2
-    cv2.setNumThreads(1)
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise Error(f"{path}: cannot read the image")
@@ -75,24 +90,36 @@ def compute_selective_search(paths, top_k=2000, workers=None, progress=True):
                 results.append(_worker(job))
                 bar.update(1)
             return results
-        # fork where there is one (no re-import of the caller's __main__); the workers use one thread each
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        # spawn, never fork: a child forked after OpenCV has started its thread pool in this process can hang
+        # for ever inside OpenCV (seen in cv2.setNumThreads); the workers use one thread each
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                                 initializer=_one_thread) as pool:
             results = []
             for boxes in pool.map(_worker, jobs, chunksize=4):
                 results.append(boxes)
                 bar.update(1)
             return results
+    except BrokenProcessPool:
+        raise Error("the selective-search worker processes died; a script that computes proposals must run its "
+                    "main code under `if __name__ == \"__main__\":` (the workers are spawned and import it), "
+                    "or use one worker") from None
     finally:
         bar.close()
 
 
-def load_proposals_file(path, num_images=None):
+def load_proposals_file(path, num_images=None, layout=None):
     """Proposals from a file: the original's dataset-level selective-search .mat (a cell array of 1-based
     y1 x1 y2 x2 boxes, one per image: a list is returned), a per-image .mat like the demo's ``*_boxes.mat``
-    (0-based x1 y1 x2 y2: one array), or an .npz written by this module (a list)."""
+    (0-based x1 y1 x2 y2: one array), or an .npz written by this module (a list).
+
+    ``layout`` ('dataset' or 'image') says which .mat form the file is; by default it is told by structure: a
+    cell array, or a 3-D array (what ``scipy.io.savemat`` writes for a list of equally long arrays), is
+    dataset-level, a 2-D array is one image's.
+    """
     path = Path(path)
+    if layout not in (None, "dataset", "image"):
+        raise Error(f"{path}: the proposals layout must be 'dataset' or 'image', not {layout!r}")
     if path.suffix == ".npz":
         return _read_cache(path)[0]
     if path.suffix != ".mat":
@@ -104,12 +131,16 @@ def load_proposals_file(path, num_images=None):
         raise Error(f"{path}: cannot read the .mat file ({exc})") from None
     except KeyError:
         raise Error(f"{path}: has no 'boxes' variable") from None
-    if boxes.dtype == object:
-        cells = boxes.ravel()
-        if num_images is not None and len(cells) != num_images:
-            raise Error(f"{path}: holds proposals for {len(cells)} images, the dataset has {num_images}")
-        return [_mat_boxes(c, f"{path}: 'boxes' of image {k}")[:, (1, 0, 3, 2)] - 1 for k, c in enumerate(cells)]
-    return _mat_boxes(boxes, f"{path}: 'boxes'")
+    per_image = boxes.dtype != object and boxes.ndim != 3
+    if layout == "image" and not per_image:
+        raise Error(f"{path}: 'boxes' holds {boxes.shape} {'cells' if boxes.dtype == object else 'values'}, "
+                    f"not one image's (N, 4) array")
+    if per_image and layout != "dataset":
+        return _mat_boxes(boxes, f"{path}: 'boxes'")
+    cells = boxes.ravel() if boxes.dtype == object else (list(boxes) if boxes.ndim == 3 else [boxes])
+    if num_images is not None and len(cells) != num_images:
+        raise Error(f"{path}: holds proposals for {len(cells)} images, the dataset has {num_images}")
+    return [_mat_boxes(c, f"{path}: 'boxes' of image {k}")[:, (1, 0, 3, 2)] - 1 for k, c in enumerate(cells)]
 
 
 def _mat_boxes(array, name):

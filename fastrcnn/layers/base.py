@@ -63,6 +63,14 @@ class Layer:
             raise self.error(f"{field} must be positive, got {value}")
         return int(value)
 
+    def filled_blob(self, filler, shape, dtype, field):
+        """A new param Blob filled as the FillerParameter ``filler`` says (``field`` names it in errors)."""
+        from ..blob import Blob
+        from ..fillers import fill
+        blob = Blob(shape, dtype)
+        blob.data[...] = fill(filler, shape, dtype, f"layer '{self.name}' {field}")
+        return blob
+
     @staticmethod
     def xp(blob):
         return backend.get_array_module(blob.data)

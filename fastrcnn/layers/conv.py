@@ -13,8 +13,6 @@ strided slice per kernel offset (col2im).
 import math
 import threading
 
-from ..blob import Blob
-from ..fillers import fill
 from . import register
 from .activation import canonical_axis
 from .base import Layer
@@ -123,10 +121,7 @@ class Convolution(Layer):
             shapes = [("weight_filler", (self.num_output, c // self.group) + self.kernel)]
             if self.bias_term:
                 shapes.append(("bias_filler", (self.num_output,)))
-            for field, shape in shapes:
-                blob = Blob(shape, dtype)
-                blob.data[...] = fill(getattr(p, field), shape, dtype, f"layer '{self.name}' {field}")
-                self.blobs.append(blob)
+            self.blobs = [self.filled_blob(getattr(p, field), shape, dtype, field) for field, shape in shapes]
         self._geometry = None
 
     def reshape(self, bottom, top):

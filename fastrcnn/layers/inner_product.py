@@ -11,7 +11,6 @@ import math
 import numpy
 
 from ..blob import Blob
-from ..fillers import fill
 from . import register
 from .activation import canonical_axis
 from .base import Layer
@@ -38,10 +37,7 @@ class InnerProduct(Layer):
             shapes = [("weight_filler", (k, self.num_output) if self.transpose else (self.num_output, k))]
             if self.bias_term:
                 shapes.append(("bias_filler", (self.num_output,)))
-            for field, blob_shape in shapes:
-                blob = Blob(blob_shape, dtype)
-                blob.data[...] = fill(getattr(p, field), blob_shape, dtype, f"layer '{self.name}' {field}")
-                self.blobs.append(blob)
+            self.blobs = [self.filled_blob(getattr(p, field), s, dtype, field) for field, s in shapes]
         self._block = Blob((), dtype)
 
     def reshape(self, bottom, top):

@@ -2,7 +2,6 @@
 import math
 
 from ..blob import Blob
-from ..fillers import fill
 from ..proto import caffe_pb2
 from . import register
 from .activation import canonical_axis
@@ -183,11 +182,6 @@ class _Broadcast(Layer):
                              "(use -1 for all remaining axes)")
         return shape[axis:] if p.num_axes == -1 else shape[axis:axis + p.num_axes]
 
-    def _new_blob(self, filler, shape, dtype, field):
-        blob = Blob(shape, dtype)
-        blob.data[...] = fill(filler, shape, dtype, f"layer '{self.name}' {field}")
-        return blob
-
     def operand(self, bottom):
         return bottom[1] if len(bottom) == 2 else self.blobs[0]
 
@@ -227,11 +221,11 @@ class Scale(_Broadcast):
                 shape = self._learned_shape(p, bottom)
                 filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant",
                                                                                            value=1)
-                self.blobs.append(self._new_blob(filler, shape, dtype, "filler"))
+                self.blobs.append(self.filled_blob(filler, shape, dtype, "filler"))
             else:
                 shape = bottom[1].shape
             if self.bias_term:
-                self.blobs.append(self._new_blob(p.bias_filler, shape, dtype, "bias_filler"))
+                self.blobs.append(self.filled_blob(p.bias_filler, shape, dtype, "bias_filler"))
         self._bottom_copy = Blob((), dtype)  # the input, kept when the layer runs in place
 
     def forward(self, bottom, top):
@@ -264,7 +258,7 @@ class Bias(_Broadcast):
         p = self.param.bias_param
         self.axis_param = p.axis
         if not self.blobs and len(bottom) == 1:
-            self.blobs.append(self._new_blob(p.filler, self._learned_shape(p, bottom), bottom[0].dtype,
+            self.blobs.append(self.filled_blob(p.filler, self._learned_shape(p, bottom), bottom[0].dtype,
                                              "filler"))
 
     def forward(self, bottom, top):

@@ -81,6 +81,15 @@ def to_cpu(x):
     return numpy.asarray(x)
 
 
+def scatter_add(target, index, values):
+    """``target[index] += values`` with repeated indices adding up (1-D ``target``, in place)."""
+    if get_array_module(target) is numpy:
+        numpy.add.at(target, index, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, index, values)
+
+
 def to_device(x, dtype=None):
     """``x`` as an array of the current mode's module (a copy only where needed)."""
     return array_module().asarray(x, dtype=dtype)

@@ -3,12 +3,10 @@
 The bottom is flattened from ``axis`` into K inputs; W is (num_output, K), or (K, num_output) with
 ``transpose``. Both fillers default to constant 0 (Caffe).
 
-Each pass is one matrix product, the bias added in place. On the CPU the weight gradient is accumulated by
-GEMM itself (beta = 1), with no temporary the size of W.
+Each pass is one matrix product, the bias added in place; the weight gradient is accumulated a block of rows
+at a time, with no temporary the size of W.
 """
 import math
-
-import numpy
 
 from ..blob import Blob
 from . import register
@@ -83,16 +81,8 @@ class InnerProduct(Layer):
             xp.matmul(dy, weight.T if self.transpose else weight, out=self._matrices(bottom[0], "diff"))
 
     def _accumulate_product(self, xp, a, b, out):
-        """out += a @ b: in place by BLAS on the CPU, else a block of rows at a time through one buffer."""
-        if xp is numpy and out.flags.c_contiguous:
-            from scipy.linalg.blas import get_blas_funcs
-            gemm = get_blas_funcs("gemm", (out,))
-            # out is row-major, so BLAS sees outᵀ: compute outᵀ = bᵀ·aᵀ + outᵀ
-            result = gemm(1.0, b.T, a, beta=1.0, c=out.T, trans_b=True, overwrite_c=True)
-            if numpy.shares_memory(result, out):
-                return
-            out[...] = result.T
-            return
+        """out += a @ b, a block of rows at a time through one buffer. (BLAS's beta = 1 through SciPy would
+        save the adds, but SciPy brings its own OpenBLAS, whose threads then compete with NumPy's.)"""
         rows = max(1, min(out.shape[0], _BLOCK // max(out.shape[1], 1)))
         self._block.reshape(rows, out.shape[1])
         for start in range(0, out.shape[0], rows):

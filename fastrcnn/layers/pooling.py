@@ -15,6 +15,7 @@ import math
 
 import numpy
 
+from ..backend import scatter_add
 from ..blob import Blob
 from ..proto import caffe_pb2
 from . import register
@@ -65,8 +66,7 @@ class Pooling(Layer):
                     raise self.error(f"pad_{axis} {pad} must be smaller than kernel_{axis} {k}")
         self.ceil = p.round_mode == _P.CEIL
         dtype = bottom[0].dtype
-        self._best = Blob((), dtype)              # the argmax pass's maximum
-        self._argmax_buf = Blob((), numpy.int32)  # and the kernel offset holding it
+        self._best = Blob((), dtype)  # the argmax pass's maximum
         self._geometry = None
 
     def reshape(self, bottom, top):
@@ -89,7 +89,6 @@ class Pooling(Layer):
         for t in top:
             t.reshape(n, c, *self.out)
         if len(top) == 2:
-            self._argmax_buf.reshape(n, c, *self.out)
             self._best.reshape(n, c, *self.out)
         if self._geometry != shape:
             self._geometry = shape
@@ -132,18 +131,29 @@ class Pooling(Layer):
         elif len(top) == 2:
             top[1].data[...] = self._argmax(xp, x)
 
-    def _argmax(self, xp, x):
-        """Each window's first maximum as h·W + w in its plane (Caffe's mask), recomputed from the bottom: the
-        maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
-        the first offset in row-major order that holds it is the one left."""
-        best, arg = self._best.data, self._argmax_buf.data
+    def _window_offsets(self, xp, x):
+        """Each window's kernel offset (row-major index) holding its first maximum, recomputed from the bottom:
+        the maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
+        the first offset in row-major order that holds it is the one left (int8 where the kernel allows)."""
+        best = self._best.data
         self._pool(xp, x, best)
+        dtype = numpy.int8 if self.kernel[0] * self.kernel[1] <= 127 else numpy.int32
+        arg = xp.zeros(best.shape, dtype)
         for k, ro, co, ri, ci in reversed(self._offsets()):
-            xp.copyto(arg[..., ro, co], k, where=x[..., ri, ci] == best[..., ro, co])
-        kw = self.kernel[1]
-        rows = xp.arange(self.out[0])[:, None] * self.stride[0] - self.pad[0] + arg // kw
-        cols = xp.arange(self.out[1]) * self.stride[1] - self.pad[1] + arg % kw
-        return rows * x.shape[3] + cols
+            claimed = arg[..., ro, co]
+            claimed += (dtype(k) - claimed) * (x[..., ri, ci] == best[..., ro, co])
+        return arg
+
+    def _argmax(self, xp, x):
+        """Each window's first maximum as h·W + w in its plane (Caffe's mask); int32 unless the bottom has
+        2³¹ elements or more, so that the planes' offsets can be added."""
+        width = x.shape[3]
+        dtype = numpy.int32 if x.size < 2 ** 31 else numpy.int64
+        kh, kw = self.kernel
+        cell = xp.asarray([i * width + j for i in range(kh) for j in range(kw)], dtype)
+        rows = xp.arange(self.out[0], dtype=dtype) * self.stride[0] - self.pad[0]
+        cols = xp.arange(self.out[1], dtype=dtype) * self.stride[1] - self.pad[1]
+        return cell[self._window_offsets(xp, x)] + (rows[:, None] * width + cols)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -151,13 +161,13 @@ class Pooling(Layer):
         xp = self.xp(bottom[0])
         dx, dy = bottom[0].diff, top[0].diff
         if self.max:
-            # one scatter of every top diff onto its window's argmax (overlapping windows add up)
-            self._argmax_buf.reshape(dy.shape)
+            # each top diff goes to its window's first maximum; overlapping windows add up
             self._best.reshape(dy.shape)
             n, c, h, w = dx.shape
-            planes = xp.arange(n * c).reshape(n, c, 1, 1) * (h * w)
-            index = (self._argmax(xp, bottom[0].data) + planes).reshape(-1)
-            dx[...] = xp.bincount(index, weights=dy.reshape(-1), minlength=dx.size).reshape(dx.shape)
+            index = self._argmax(xp, bottom[0].data)
+            index = index + (xp.arange(n * c, dtype=index.dtype) * (h * w)).reshape(n, c, 1, 1)
+            dx[...] = 0
+            scatter_add(dx.reshape(-1), index.reshape(-1), dy.reshape(-1))
             return
         dx[...] = 0
         share = dy / self.divisor

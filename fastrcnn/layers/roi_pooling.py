@@ -10,6 +10,7 @@ the map size times the number of distinct bin extents, not to the total area of 
 """
 import numpy
 
+from ..backend import scatter_add
 from ..blob import Blob
 from . import register
 from .base import Layer
@@ -179,10 +180,9 @@ class ROIPooling(Layer):
         argmax = self._argmax.data  # (R, ph, pw, C)
         plane = (self._batch[:, None, None, None] * channels + xp.arange(channels)) * (height * width)
         hit = argmax >= 0
-        index = xp.where(hit, plane + argmax, 0).reshape(-1)
-        weight = xp.where(hit, top[0].diff.transpose(0, 2, 3, 1), 0).reshape(-1)
-        grad = xp.bincount(index, weights=weight, minlength=bottom[0].count)
-        bottom[0].diff[...] = grad.reshape(bottom[0].shape)
+        diff = bottom[0].diff
+        diff[...] = 0
+        scatter_add(diff.reshape(-1), (plane + argmax)[hit], top[0].diff.transpose(0, 2, 3, 1)[hit])
 
 
 def _distinct(xp, values):

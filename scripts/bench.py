@@ -97,7 +97,7 @@ class Sizes:
     def __init__(self, quick):
         self.quick = quick
         self.image = (96, 128) if quick else (600, 800)      # detection, trunk and training images
-        self.toy_image = (96, 128) if quick else (288, 384)  # the toy net is trained at scale 288
+        self.toy_image = (96, 128) if quick else (288, 384)  # the toy net detects at scale 288
         self.memory_image = (96, 160) if quick else (600, 1000)
         self.rois = 64 if quick else 2000
         self.train_rois = 16 if quick else 128

@@ -1,9 +1,11 @@
 """The built-in toy detection dataset: shapes on cluttered backgrounds, written in the VOC layout.
 
 Classes differ by shape only: every instance gets a random colour and texture (solid, stripes, gradient,
-noise), a random size (about 16-150 px), aspect and rotation, on a background of gradients, low-frequency
+noise), a random size (about 32-160 px), aspect and rotation, on a background of gradients, low-frequency
 noise, lines and blobs. Each image holds 1-5 objects; boxes may overlap but no box is covered by another by
-more than 30% of its area (so IoU < 0.3 and every object stays recognisable). Generation is deterministic for
+more than 30% of its area (so IoU < 0.3 and every object stays recognisable). The smallest objects span four
+cells of the toy model's stride-8 features at native scale (version 1 drew them from 16 px, under two cells,
+where no detector of that stride finds them reliably). Generation is deterministic for
 a seed (image ``k`` of a split has its own ``numpy`` Generator seeded with ``(seed, split, k)``).
 
 Named sets (see `TOY_SETS`): ``toy`` (5 classes, seed 0) and ``toy2`` (4 other classes, seed 1, to test
@@ -31,10 +33,10 @@ TOY_SETS = {
 NUM_TRAIN = 500
 NUM_TEST = 200
 IMAGE_SIZE = (224, 320)      # each side drawn uniformly in this range (pixels)
-OBJECT_SIZE = (16, 150)      # longer side of an object's box, log-uniform, at most 60% of the shorter image side
+OBJECT_SIZE = (32, 160)      # longer side of an object's box, log-uniform, at most 60% of the shorter image side
 MAX_OBJECTS = 5
 MAX_COVER = 0.3              # largest fraction of a box's area that another box may cover
-GENERATOR_VERSION = 1        # bump when the drawing changes, so that stale folders are detected
+GENERATOR_VERSION = 2        # bump when the drawing changes, so that stale folders are detected
 
 
 def _regular(n, radius=1.0, phase=math.pi / 2):

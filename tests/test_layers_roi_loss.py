@@ -69,6 +69,23 @@ def random_rois(rng, count, num, height, width, scale):
     return rois.astype(np.float32)
 
 
+def test_roi_pooling_test_phase_computes_argmax_only_on_demand():
+    """A TEST-phase forward skips the argmax; max_idx and backward compute it then, as a TRAIN forward does."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 4, 9, 11)).astype(np.float32)
+    rois = random_rois(rng, 20, 2, 9, 11, 0.5)
+    grads = {}
+    for phase in ("TRAIN", "TEST"):
+        layer, bottom, top = make_layer(roi_text(3, 2, 0.5), [x, rois], phase=phase, dtype=np.float32)
+        assert layer._argmax_ready == (phase == "TRAIN")
+        top[0].diff[...] = rng.standard_normal(top[0].shape) if phase == "TRAIN" else grads["dy"]
+        grads["dy"] = top[0].diff.copy()
+        layer.backward(top, [True, False], bottom)
+        grads[phase] = (top[0].data.copy(), layer.max_idx.copy(), bottom[0].diff.copy())
+    for train, test in zip(grads["TRAIN"], grads["TEST"]):
+        np.testing.assert_array_equal(train, test)
+
+
 @pytest.mark.parametrize("ph, pw, scale", [(6, 6, 1.0), (2, 3, 0.0625), (7, 7, 0.0625), (3, 1, 0.5)])
 def test_roi_pooling_matches_loop_reference(ph, pw, scale):
     rng = np.random.default_rng(ph * 10 + pw)

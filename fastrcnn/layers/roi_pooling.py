@@ -31,7 +31,9 @@ def _along(axis, start, stop):
 
 def _larger(xp, left, right):
     """Elementwise max of two (value, argmax) pairs; ``right`` wins only when strictly larger, so the
-    earlier (left) of equal maxima is kept."""
+    earlier (left) of equal maxima is kept. Without argmaxes (None), the maximum alone."""
+    if left[1] is None:
+        return xp.maximum(left[0], right[0]), None
     take_right = right[0] > left[0]
     arg = right[1] - left[1]
     arg *= take_right  # arithmetic select: masked selection is slow on random masks
@@ -44,7 +46,7 @@ class _SlidingMax:
 
     Level j holds the windows of length 2^j; a window of length k is the larger of two overlapping level
     windows, the left one winning ties. That keeps the first maximum: where the first maximal element lies
-    in the overlap, the left window holds it too.
+    in the overlap, the left window holds it too. With ``arg`` None only the maxima are computed.
     """
 
     def __init__(self, xp, value, arg, axis):
@@ -57,7 +59,7 @@ class _SlidingMax:
             value, arg = self.levels[-1]
             n = value.shape[self.axis] - step
             head, tail = _along(self.axis, 0, n), _along(self.axis, step, step + n)
-            self.levels.append(_larger(self.xp, (value[head], arg[head]), (value[tail], arg[tail])))
+            self.levels.append(_larger(self.xp, _part(value, arg, head), _part(value, arg, tail)))
         return self.levels[j]
 
     def window(self, k):
@@ -67,7 +69,11 @@ class _SlidingMax:
             return value, arg
         n, shift = self.length - k + 1, k - (1 << j)
         head, tail = _along(self.axis, 0, n), _along(self.axis, shift, shift + n)
-        return _larger(self.xp, (value[head], arg[head]), (value[tail], arg[tail]))
+        return _larger(self.xp, _part(value, arg, head), _part(value, arg, tail))
+
+
+def _part(value, arg, index):
+    return value[index], (None if arg is None else arg[index])
 
 
 @register("ROIPooling")
@@ -98,6 +104,7 @@ class ROIPooling(Layer):
             raise self.error(f"roi_pooling_param.spatial_scale must be positive, got {p.spatial_scale}")
         self.spatial_scale = numpy.float32(p.spatial_scale)
         self._argmax = Blob((), dtype=numpy.int32, name=f"{self.name}_argmax")
+        self._argmax_ready = False
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
@@ -117,7 +124,7 @@ class ROIPooling(Layer):
     @property
     def max_idx(self):
         """The argmax of every top element, h·W + w within its (batch, channel) plane, −1 for empty bins."""
-        return self._argmax.data.transpose(0, 3, 1, 2)
+        return self._argmaxes(self._bottom).transpose(0, 3, 1, 2)
 
     def _bins(self, xp, rois, height, width):
         """Batch indices (R,) and clipped bin edges: hstart, hend (R, ph) and wstart, wend (R, pw)."""
@@ -144,10 +151,17 @@ class ROIPooling(Layer):
                              f"(the features hold {num} image(s))")
 
     def forward(self, bottom, top):
+        """The maxima; their argmaxes too in the TRAIN phase (only backward and ``max_idx`` need them, and
+        compute them on demand otherwise)."""
+        self._bottom = bottom
+        self._argmax_ready = False
+        self._pool(bottom, top[0].data.transpose(0, 2, 3, 1), with_argmax=self.phase == "TRAIN")
+
+    def _pool(self, bottom, out, with_argmax):
+        """Fill ``out`` (R, ph, pw, C) with the bins' maxima and, ``with_argmax``, the argmax blob."""
         xp = self.xp(bottom[0])
         num, _, height, width = bottom[0].shape
-        out = top[0].data.transpose(0, 2, 3, 1)  # (R, ph, pw, C) view of the top
-        argmax = self._argmax.data
+        argmax = self._argmax.data if with_argmax else None
         rois = bottom[1].data.reshape(-1, 5)
         batch, hstart, hend, wstart, wend = self._bins(xp, rois, height, width)
         self._check_batch(xp, batch, num)
@@ -156,7 +170,8 @@ class ROIPooling(Layer):
 
         features = xp.ascontiguousarray(bottom[0].data.transpose(0, 2, 3, 1))  # (N, H, W, C)
         flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
-        along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape), axis=2)
+        along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape) if with_argmax else None,
+                              axis=2)
         for ew in _distinct(xp, ext_w[ext_w > 0]):
             along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
             has_ew = (ext_w == ew).any(axis=1)
@@ -165,10 +180,19 @@ class ROIPooling(Layer):
                 roi, p, q = xp.nonzero((ext_h == eh)[:, :, None] & (ext_w == ew)[:, None, :])
                 where = (batch[roi], hstart[roi, p], wstart[roi, q])
                 out[roi, p, q] = value[where]
-                argmax[roi, p, q] = arg[where]
+                if with_argmax:
+                    argmax[roi, p, q] = arg[where]
         empty = xp.nonzero((ext_h <= 0)[:, :, None] | (ext_w <= 0)[:, None, :])
         out[empty] = 0
-        argmax[empty] = -1
+        if with_argmax:
+            argmax[empty] = -1
+            self._argmax_ready = True
+
+    def _argmaxes(self, bottom):
+        """The argmax blob's array, computed again from ``bottom`` if the forward pass skipped it."""
+        if not self._argmax_ready:
+            self._pool(bottom, self.xp(bottom[0]).empty(self._argmax.shape, bottom[0].dtype), with_argmax=True)
+        return self._argmax.data
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[1]:
@@ -177,7 +201,7 @@ class ROIPooling(Layer):
             return
         xp = self.xp(bottom[0])
         channels, height, width = bottom[0].shape[1:]
-        argmax = self._argmax.data  # (R, ph, pw, C)
+        argmax = self._argmaxes(bottom)  # (R, ph, pw, C)
         plane = (self._batch[:, None, None, None] * channels + xp.arange(channels)) * (height * width)
         hit = argmax >= 0
         diff = bottom[0].diff

@@ -88,8 +88,6 @@ class Pooling(Layer):
         self.out = tuple(out)
         for t in top:
             t.reshape(n, c, *self.out)
-        if len(top) == 2:
-            self._best.reshape(n, c, *self.out)
         if self._geometry != shape:
             self._geometry = shape
             self._reallocate(bottom[0])
@@ -135,6 +133,7 @@ class Pooling(Layer):
         """Each window's kernel offset (row-major index) holding its first maximum, recomputed from the bottom:
         the maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
         the first offset in row-major order that holds it is the one left (int8 where the kernel allows)."""
+        self._best.reshape(x.shape[:2] + self.out)
         best = self._best.data
         self._pool(xp, x, best)
         dtype = numpy.int8 if self.kernel[0] * self.kernel[1] <= 127 else numpy.int32
@@ -162,7 +161,6 @@ class Pooling(Layer):
         dx, dy = bottom[0].diff, top[0].diff
         if self.max:
             # each top diff goes to its window's first maximum; overlapping windows add up
-            self._best.reshape(dy.shape)
             n, c, h, w = dx.shape
             index = self._argmax(xp, bottom[0].data)
             index = index + (xp.arange(n * c, dtype=index.dtype) * (h * w)).reshape(n, c, 1, 1)

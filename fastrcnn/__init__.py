@@ -3,11 +3,15 @@
 The engine (Net, layers, SGDSolver, weights I/O) follows Caffe and pycaffe; the Fast R-CNN pipeline
 (``fastrcnn.rcnn``) is built on its public API and registers its data layer into the layer registry.
 """
-from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed, to_cpu
-from .errors import Error
-from .layers.python_layer import allow_python_layers
-from .net import Net
-from .solver import SGDSolver
+from .cpu import choose_openblas_kernel
+
+choose_openblas_kernel()  # before anything loads NumPy (and its OpenBLAS)
+
+from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed, to_cpu  # noqa: E402
+from .errors import Error  # noqa: E402
+from .layers.python_layer import allow_python_layers  # noqa: E402
+from .net import Net  # noqa: E402
+from .solver import SGDSolver  # noqa: E402
 
 TRAIN, TEST = "TRAIN", "TEST"
 

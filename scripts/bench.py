@@ -22,7 +22,10 @@ calls, weights copied from our net; RoI pooling as a loop over RoIs, each window
 rounds it from a −inf-bordered map and adaptive max pooled; no CPU torchvision exists) and OpenCV dnn
 (cv2.dnn.readNetFromCaffe on the same prototxt and a .caffemodel written by fastrcnn.weights.save_weights; its
 Caffe importer ignores LRN's k, so M runs there with k: 1). Every twin's output is checked once against ours
-(relative error max|twin − ours| / max|ours|), so that the rows compare the same computation.
+(relative error max|twin − ours| / max|ours|), so that the rows compare the same computation. --isa avx2
+caps every implementation at the same vector width (OpenBLAS's Haswell kernels, PyTorch's and oneDNN's
+AVX2 paths, OpenCV without AVX-512): an AVX2 machine's comparison on an AVX-512 one, and the default where
+OPENBLAS_CORETYPE already pins OpenBLAS to AVX2 kernels.
 
     python scripts/bench.py                       # toy, S, M, L on the CPU, 3 runs; writes bench.json
     python scripts/bench.py --models S --runs 5 --threads 1 --json s.json
@@ -37,6 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"toy": "toy", "S": "CaffeNet", "M": "VGG_CNN_M_1024", "L": "VGG16"}
 TRAIN_MODELS = ("toy", "S", "M")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+#: OpenBLAS kernels that use AVX2 at most: a pin to one of them (OPENBLAS_CORETYPE) stands for an AVX2 machine.
+AVX2_OPENBLAS_CORES = ("haswell", "zen", "skylake", "sandybridge", "excavator")
+#: What caps every implementation at AVX2 (read when each library loads): OpenBLAS, PyTorch's own kernels,
+#: its oneDNN convolutions and MKL GEMM, OpenCV's dispatch.
+AVX2_ONLY = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "OPENCV_CPU_DISABLE": "AVX512F,AVX512-COMMON,AVX512-SKX,AVX512-CNL,AVX512-CLX,AVX512-ICL"}
 
 
 def parse_args(argv):
@@ -49,7 +59,15 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1 run, for CI")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads for every implementation (default: all cores)")
+    parser.add_argument("--isa", choices=("auto", "native", "avx2"), default="auto",
+                        help="vector instructions every implementation may use: avx2 caps NumPy's OpenBLAS, "
+                             "PyTorch and OpenCV at AVX2 (an AVX2 machine's speeds on an AVX-512 one); auto "
+                             "(default): avx2 where OPENBLAS_CORETYPE already pins OpenBLAS to an AVX2 kernel, "
+                             "so that the twins do not use wider vectors than ours, native otherwise")
     args = parser.parse_args(argv)
+    if args.isa == "auto":
+        pinned = os.environ.get("OPENBLAS_CORETYPE", "").lower()
+        args.isa = "avx2" if pinned in AVX2_OPENBLAS_CORES else "native"
     names = args.models or ("toy,S" if args.quick else ",".join(MODELS))
     args.models = [m.strip() for m in names.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -67,7 +85,12 @@ if __name__ == "__main__":
     ARGS = parse_args(sys.argv[1:])
     for _variable in _THREAD_VARIABLES:
         os.environ[_variable] = str(ARGS.threads)
+    if ARGS.isa == "avx2":
+        for _variable, _value in AVX2_ONLY.items():
+            if os.environ.get(_variable, "").lower() not in AVX2_OPENBLAS_CORES:  # keep an AVX2 pin of OpenBLAS
+                os.environ[_variable] = _value
     sys.path.insert(0, str(ROOT))
+    import fastrcnn  # noqa: F401  (picks OpenBLAS's kernel for CPUs it misdetects, before NumPy loads it)
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -114,7 +137,8 @@ def prototxt(model, variant="test.prototxt"):
 # ------------------------------------------------------------------------------------------- machine
 def machine_info(threads):
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
-            "threads": threads, "cpu": platform.processor(), "numpy": np.__version__}
+            "threads": threads, "cpu": platform.processor(), "numpy": np.__version__,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS's own choice)")}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -923,7 +947,8 @@ def print_table(bench, machine):
           "time / twin time (below 1: fastrcnn is faster); e: relative error of the twin's output vs ours")
     for note in bench.notes:
         print("note:", note)
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s); load average "
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), "
+          f"instructions: {machine['isa']}; load average "
           f"{machine['load_average_start'][0]:.2f} at the start, {machine['load_average_end'][0]:.2f} at the end "
           "(above the thread count, other processes shared the cores and the times are inflated)")
 
@@ -952,10 +977,12 @@ def run_benchmark(args):
             bench.memory(name)
         bench.gemm("gemm-end")
     machine = machine_info(args.threads)
+    machine["isa"] = args.isa if args.isa == "native" else "AVX2 (" + ", ".join(
+        f"{k}={os.environ.get(k)}" for k in AVX2_ONLY) + ")"
     machine["load_average_start"], machine["load_average_end"] = load_start, os.getloadavg()
     report = {"machine": machine,
               "settings": {"device": args.device, "models": args.models, "runs": args.runs, "quick": args.quick,
-                           "threads": args.threads, "image": sizes.image, "toy_image": sizes.toy_image,
+                           "threads": args.threads, "isa": args.isa, "image": sizes.image, "toy_image": sizes.toy_image,
                            "memory_image": sizes.memory_image, "rois": sizes.rois, "train_rois": sizes.train_rois},
               "rows": bench.rows, "notes": bench.notes, "seconds": time.perf_counter() - start}
     print_table(bench, machine)

@@ -4,6 +4,7 @@ import numpy
 import pytest
 
 from fastrcnn.errors import Error
+from fastrcnn.layers import conv
 from layer_helpers import check_gradient, make_layer, relative_error
 
 rng = numpy.random.default_rng(0)
@@ -124,6 +125,63 @@ def test_conv_rejects_a_bottom_with_other_channels():
     bottom[0].reshape(1, 3, 3, 3)
     with pytest.raises(Error, match="bottom has 3 channels, but the layer was set up for 2"):
         layer.reshape(bottom, top)
+
+
+# -- Convolution by Winograd F(2×2, 3×3) -----------------------------------------------------------------
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Winograd for layers of any width, over bands of three 2×2 tiles (so that every case has several)."""
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_BAND_TILES", 3)
+
+
+WINOGRAD_CASES = [  # (channels, num_output, extra, (H, W)): odd and even sizes, every pad it takes, groups
+    (4, 6, "kernel_size: 3 pad: 1", (7, 5)),
+    (4, 4, "kernel_size: 3 pad: 0 group: 2", (6, 7)),
+    (3, 2, "kernel_size: 3 pad_h: 2 pad_w: 1", (5, 4)),
+    (2, 3, "kernel_size: 3 pad: 1 bias_term: false", (1, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, extra, winograd", [
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1", True),
+    ((1, 256, 6, 5), "kernel_size: 3 pad: 2 group: 2", True),
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 engine: CAFFE", False),  # Caffe's im2col, asked for
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 stride: 2", False),
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 dilation: 2", False),
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 3", False),
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 group: 2", False),  # 64 channels per group
+    ((1, 64, 6, 5), "kernel_size: 3 pad: 1", False),
+    ((1, 128, 6, 5), "kernel_size: 5 pad: 2", False),
+])
+def test_winograd_is_chosen_for_wide_3x3_stride_1_layers(shape, extra, winograd):
+    layer, _, _ = make_layer(conv_text(256, extra), [numpy.zeros(shape)], dtype=numpy.float32)
+    assert layer.winograd is winograd
+
+
+@pytest.mark.parametrize("channels, num_output, extra, size", WINOGRAD_CASES)
+def test_winograd_gradient(winograd_everywhere, channels, num_output, extra, size):
+    layer, bottom, top = make_layer(conv_text(num_output, extra), [rng.standard_normal((2, channels) + size)])
+    assert layer.winograd
+    check_gradient(layer, bottom, top)
+
+
+@pytest.mark.parametrize("channels, num_output, extra, size", WINOGRAD_CASES)
+def test_winograd_matches_im2col_in_float32(winograd_everywhere, channels, num_output, extra, size):
+    x = rng.standard_normal((2, channels) + size).astype(numpy.float32)
+    results = []
+    for engine in ("", "engine: CAFFE"):
+        layer, bottom, top = make_layer(conv_text(num_output, f"{extra} {engine}"), [x], dtype=numpy.float32)
+        params = numpy.random.default_rng(5)
+        for blob in layer.blobs:
+            blob.data[...] = params.standard_normal(blob.shape)
+        layer.forward(bottom, top)
+        backward_with(layer, bottom, top)
+        results.append((layer.winograd, top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()))
+    (wino, *ours), (im2col, *caffe) = results
+    assert wino and not im2col
+    for got, expected in zip(ours, caffe):
+        assert relative_error(got, expected) <= 1e-6
 
 
 # -- Pooling -----------------------------------------------------------------------------------------------
@@ -376,6 +434,15 @@ def compare_with_torch(torch, layer, bottom, top, reference, inputs=None):
     ours = [b.diff for b in bottom] + [b.diff for b in layer.blobs]
     for got, t in zip(ours, tensors):
         assert relative_error(got, t.grad.numpy()) <= TOL
+
+
+@pytest.mark.parametrize("channels, num_output, extra, size", WINOGRAD_CASES)
+def test_winograd_conv_matches_torch(torch, winograd_everywhere, channels, num_output, extra, size):
+    layer, bottom, top = make_layer(conv_text(num_output, extra), [rng.standard_normal((2, channels) + size)])
+    p = layer.param.convolution_param
+    bias = (lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=layer.pad, groups=p.group)) \
+        if p.bias_term else (lambda x, w: torch.nn.functional.conv2d(x, w, padding=layer.pad, groups=p.group))
+    compare_with_torch(torch, layer, bottom, top, bias)
 
 
 @pytest.mark.parametrize("extra, stride, pad, dilation, groups", [

@@ -9,9 +9,19 @@ layers of a thread, filled a band of output rows at a time so that it stays with
 elements (a band keeps at least ``MIN_BAND_COLUMNS`` columns: BLAS is slow on narrow products). Backward
 rebuilds the columns (as Caffe does) for the weight gradient and scatters the column gradient back with one
 strided slice per kernel offset (col2im).
+
+On the CPU, 3×3 stride-1 convolutions with many channels use Winograd's minimal filtering F(2×2, 3×3) (Lavin
+and Gray, "Fast algorithms for convolutional neural networks", 2016) instead, forward and for the bottom
+gradient (a convolution of the top gradient with the flipped, transposed kernel): each 4×4 input tile and 3×3
+kernel is transformed (Bᵀ d B, G g Gᵀ), the 16 transformed positions are 16 matrix products of (num_output,
+C) by (C, tiles), and Aᵀ m A gives each 2×2 output tile: 2.25× fewer multiply-adds than im2col, at the cost of
+element-wise transforms that only pay from ``WINOGRAD_MIN_CHANNELS`` channels on. ``engine: CAFFE`` keeps
+im2col (Caffe's own arithmetic) for a layer.
 """
 import math
 import threading
+
+import numpy
 
 from . import register
 from .activation import canonical_axis
@@ -21,6 +31,11 @@ from .base import Layer
 #: fewest output columns a band has whatever the budget.
 COLUMN_BUDGET = 1 << 26
 MIN_BAND_COLUMNS = 1 << 18
+#: Winograd applies where both the input and the output channels per group reach this (measured on two Zen
+#: cores: 1.5-1.6× faster than im2col at 384-512 channels, 1.2× at 256, slower at 64-128 where the transforms
+#: dominate), and ``WINOGRAD_BAND_TILES`` is the 2×2 output tiles transformed together (a band of tile rows).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_BAND_TILES = 512
 _workspace = threading.local()
 
 
@@ -87,6 +102,82 @@ def offset_ranges(size, kernel, stride, pad, out, dilation=1):
     return ranges
 
 
+def _kernel_transforms():
+    """G ⊗ G, the (16, 9) matrix that maps a row-major 3×3 kernel g to G g Gᵀ, and the same for the kernel
+    rotated by 180° (the bottom gradient's), whose rotation reverses G's columns."""
+    g = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    return numpy.kron(g, g).astype(numpy.float32), numpy.kron(g[:, ::-1], g[:, ::-1]).astype(numpy.float32)
+
+
+_KERNEL_TRANSFORMS = _kernel_transforms()
+
+
+def winograd_kernels(xp, weights, group, flipped=False):
+    """G g Gᵀ of every 3×3 kernel of (K, C/group, 3, 3) ``weights`` (G = [[1, 0, 0], [½, ½, ½], [½, −½, ½],
+    [0, 0, 1]]) as (16, group, K/group, C/group); ``flipped``: those of the bottom gradient's convolution, the
+    kernels rotated by 180° with K and C swapped, as (16, group, C/group, K/group)."""
+    k, c = weights.shape[:2]
+    transform = xp.asarray(_KERNEL_TRANSFORMS[flipped], dtype=weights.dtype)
+    u = xp.matmul(transform, weights.reshape(k * c, 9).T).reshape(16, group, k // group, c)
+    return u.swapaxes(2, 3) if flipped else u
+
+
+def _input_transform(xp, d, out):
+    """out[0..3] = Bᵀ (d[0], d[1], d[2], d[3]) with Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]."""
+    xp.subtract(d[0], d[2], out=out[0])
+    xp.add(d[1], d[2], out=out[1])
+    xp.subtract(d[2], d[1], out=out[2])
+    xp.subtract(d[1], d[3], out=out[3])
+
+
+def _output_transform(xp, m, out0, out1):
+    """(out0, out1) = Aᵀ (m[0], m[1], m[2], m[3]) with Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], each m[i] cut to
+    the output's last-axis length (an odd output width leaves the last tile's second column out)."""
+    m0 = [mi[..., :out0.shape[-1]] for mi in m[:3]]
+    m1 = [mi[..., :out1.shape[-1]] for mi in m[1:]]
+    xp.add(m0[0], m0[1], out=out0)
+    out0 += m0[2]
+    xp.subtract(m1[0], m1[1], out=out1)
+    out1 -= m1[2]
+
+
+def winograd_conv(xp, x, u, pad, out):
+    """``out`` (K, OH, OW) = the stride-1 3×3 cross-correlation of ``x`` (C, H, W) zero-padded by ``pad`` =
+    (ph, pw) with the kernels ``u`` of winograd_kernels, a band of tile rows at a time."""
+    c, h, w = x.shape
+    k, oh, ow = out.shape
+    group = u.shape[1]
+    ph, pw = pad
+    th, tw = -(-oh // 2), -(-ow // 2)
+    wp = 2 * tw + 2
+    band = max(1, min(th, WINOGRAD_BAND_TILES // tw))
+    sizes = (c * (2 * band + 2) * wp, 4 * c * band * wp, 16 * c * band * tw, 16 * k * band * tw, 8 * k * band * tw)
+    buf = work_buffer(xp, x.dtype, sum(sizes))
+    parts = [buf[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    for t0 in range(0, th, band):
+        r = min(band, th - t0)
+        padded, rows, v, m, s = (part[:math.prod(shape)].reshape(shape) for part, shape in zip(parts, (
+            (c, 2 * r + 2, wp), (4, c, r, wp), (4, 4, c, r, tw), (4, 4, k, r, tw), (2, 4, k, r, tw))))
+        top = 2 * t0 - ph  # the input row of the band's first padded row
+        lo, hi = max(0, -top), min(2 * r + 2, h - top)
+        right = min(wp, w + pw)
+        padded[:, :lo] = 0
+        padded[:, max(lo, hi):] = 0
+        if lo < hi:
+            padded[:, lo:hi, :pw] = 0
+            padded[:, lo:hi, right:] = 0
+            padded[:, lo:hi, pw:right] = x[:, top + lo:top + hi, :right - pw]
+        _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
+        for a in range(4):
+            _input_transform(xp, [rows[a][:, :, i:i + 2 * tw:2] for i in range(4)], v[a])
+        xp.matmul(u, v.reshape(16, group, c // group, r * tw), out=m.reshape(16, group, k // group, r * tw))
+        _output_transform(xp, m, s[0], s[1])
+        for a in range(2):
+            count = min(r, (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
+            rows_a = out[:, 2 * t0 + a::2][:, :count]
+            _output_transform(xp, s[a][:, :, :count], rows_a[..., 0::2], rows_a[..., 1::2])
+
+
 @register("Convolution")
 class Convolution(Layer):
     """2-D convolution with groups, dilation, stride, padding and an optional bias.
@@ -116,6 +207,9 @@ class Convolution(Layer):
         self.channels = c
         self.bias_term = p.bias_term
         self.direct = self.kernel == (1, 1) and self.stride == (1, 1) and self.pad == (0, 0)
+        self.winograd = (p.engine != p.CAFFE and self.kernel == (3, 3) and self.stride == (1, 1)
+                         and self.dilation == (1, 1) and max(self.pad) <= 2
+                         and min(c, self.num_output) // self.group >= WINOGRAD_MIN_CHANNELS)
         dtype = bottom[0].dtype
         if not self.blobs:
             shapes = [("weight_filler", (self.num_output, c // self.group) + self.kernel)]
@@ -198,13 +292,22 @@ class Convolution(Layer):
         flat = array.reshape(self.group, array.shape[0] // self.group, -1)
         return flat[:, :, band[0] * self.out[1]:band[1] * self.out[1]]
 
+    def _winograd(self, xp):
+        """Whether this pass runs Winograd F(2×2, 3×3): on the CPU, where the layer qualifies."""
+        return self.winograd and xp.__name__ == "numpy"
+
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
-        weights = self._weights()
-        for n in range(x.shape[0]):
-            for band in self._bands:
-                xp.matmul(weights, self._columns(xp, x[n], band), out=self._band_view(y[n], band))
+        if self._winograd(xp):
+            u = winograd_kernels(xp, self.blobs[0].data, self.group)
+            for n in range(x.shape[0]):
+                winograd_conv(xp, x[n], u, self.pad, y[n])
+        else:
+            weights = self._weights()
+            for n in range(x.shape[0]):
+                for band in self._bands:
+                    xp.matmul(weights, self._columns(xp, x[n], band), out=self._band_view(y[n], band))
         if self.bias_term:
             y += self.blobs[1].data.reshape(1, -1, 1, 1)
 
@@ -219,6 +322,12 @@ class Convolution(Layer):
         weights = self._weights()
         weight_diff = self.blobs[0].diff.reshape(weights.shape)
         dx = bottom[0].diff if propagate_down[0] else None
+        if dx is not None and self._winograd(xp):
+            # the bottom gradient is the full correlation of dy with the flipped kernels: pad 2 − pad
+            u = winograd_kernels(xp, self.blobs[0].data, self.group, flipped=True)
+            for n in range(x.shape[0]):
+                winograd_conv(xp, dy[n], u, (2 - self.pad[0], 2 - self.pad[1]), dx[n])
+            dx = None
         if dx is not None and not self.direct:
             dx[...] = 0
         for n in range(x.shape[0]):

@@ -32,8 +32,9 @@ from .base import Layer
 COLUMN_BUDGET = 1 << 26
 MIN_BAND_COLUMNS = 1 << 18
 #: Winograd applies where both the input and the output channels per group reach this (measured on two Zen
-#: cores: 1.5-1.6× faster than im2col at 384-512 channels, 1.2× at 256, slower at 64-128 where the transforms
-#: dominate), and ``WINOGRAD_BAND_TILES`` is the 2×2 output tiles transformed together (a band of tile rows).
+#: cores against im2col: 1.5-1.6× faster at 512 channels, 1.3-1.4× at 256, 1.1-1.2× at 128, 0.9× at 64 where
+#: the single-threaded transforms outweigh the products), and ``WINOGRAD_BAND_TILES`` is the 2×2 output tiles
+#: transformed together (a band of tile rows; smaller bands stay in cache, larger ones make wider products).
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_BAND_TILES = 512
 _workspace = threading.local()

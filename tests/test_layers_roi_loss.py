@@ -97,6 +97,19 @@ def test_roi_pooling_matches_loop_reference(ph, pw, scale):
     np.testing.assert_array_equal(layer.max_idx, want_arg)
 
 
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_roi_pooling_many_bins_of_one_extent_match_loop_reference(phase):
+    """Groups of bins with one extent large enough to take the whole-map window (not the per-bin reads)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 2, 8, 9)).astype(np.float32)
+    corner = rng.integers(0, 5, (300, 2)).astype(np.float32)
+    rois = np.column_stack([np.zeros(300), corner, corner + 3]).astype(np.float32)  # every RoI 4×4: 2×2 bins
+    layer, bottom, top = make_layer(roi_text(2, 2, 1.0), [x, rois], phase=phase, dtype=np.float32)
+    want, want_arg = roi_pool_loop(x, rois, 2, 2, 1.0)
+    np.testing.assert_array_equal(top[0].data, want)
+    np.testing.assert_array_equal(layer.max_idx, want_arg)
+
+
 def test_roi_pooling_ties_match_loop_reference():
     """Many equal values: the first maximum in row-major order wins, as in the original's loop."""
     rng = np.random.default_rng(7)
@@ -106,6 +119,17 @@ def test_roi_pooling_ties_match_loop_reference():
     want, want_arg = roi_pool_loop(x, rois, 3, 4, 0.5)
     np.testing.assert_array_equal(top[0].data, want)
     np.testing.assert_array_equal(layer.max_idx, want_arg)
+
+
+def test_roi_pooling_signed_zeros_tie_and_negatives_order_in_float32():
+    """The float32 argmax compares packed integer keys: −0 must tie with +0 (the first wins, as the original's
+    ``>`` keeps it), and negative values must order by value, not by their bit patterns."""
+    x = np.array([[[[-0.0, 0.0, -3.0], [-1.0, -0.5, -2.0]]]], np.float32)
+    rois = np.array([[0, 0, 0, 2, 1], [0, 0, 1, 2, 1], [0, 2, 0, 2, 1]], np.float32)
+    layer, bottom, top = make_layer(roi_text(1, 1, 1.0), [x, rois], dtype=np.float32)
+    np.testing.assert_array_equal(layer.max_idx.ravel(), [0, 4, 5])
+    np.testing.assert_array_equal(top[0].data.ravel(), [0.0, -0.5, -2.0])
+    assert np.signbit(top[0].data.ravel()[0])  # the −0 at index 0 is the one taken
 
 
 def test_roi_pooling_first_max_wins_on_a_constant_map():

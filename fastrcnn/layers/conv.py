@@ -11,8 +11,9 @@ rebuilds the columns (as Caffe does) for the weight gradient and scatters the co
 strided slice per kernel offset (col2im).
 
 On the CPU, 3×3 stride-1 convolutions with many channels use Winograd's minimal filtering F(2×2, 3×3) (Lavin
-and Gray, "Fast algorithms for convolutional neural networks", 2016) instead, forward and for the bottom
-gradient (a convolution of the top gradient with the flipped, transposed kernel): each 4×4 input tile and 3×3
+and Gray, "Fast algorithms for convolutional neural networks", 2016) instead, forward, for the bottom gradient
+(a convolution of the top gradient with the flipped, transposed kernel) and for the weight gradient (the
+transformed top gradient times the transformed input tiles, summed over tiles): each 4×4 input tile and 3×3
 kernel is transformed (Bᵀ d B, G g Gᵀ), the 16 transformed positions are 16 matrix products of (num_output,
 C) by (C, tiles), and Aᵀ m A gives each 2×2 output tile: 2.25× fewer multiply-adds than im2col, at the cost of
 element-wise transforms that only pay from ``WINOGRAD_MIN_CHANNELS`` channels on. ``engine: CAFFE`` keeps
@@ -142,23 +143,33 @@ def _output_transform(xp, m, out0, out1):
     out1 -= m1[2]
 
 
-def winograd_conv(xp, x, u, pad, out):
-    """``out`` (K, OH, OW) = the stride-1 3×3 cross-correlation of ``x`` (C, H, W) zero-padded by ``pad`` =
-    (ph, pw) with the kernels ``u`` of winograd_kernels, a band of tile rows at a time."""
+def _gradient_transform(xp, d0, d1, out):
+    """out[0..3] = A (d0, d1) with A = [[1, 0], [1, 1], [1, −1], [0, −1]]: the output transform's adjoint."""
+    out[0] = d0
+    xp.add(d0, d1, out=out[1])
+    xp.subtract(d0, d1, out=out[2])
+    xp.negative(d1, out=out[3])
+
+
+def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
+    """For each band of tile rows of an (OH, OW) output: (t0, its first tile row; v (4, 4, C, rows, TW), Bᵀ d B
+    of its 4×4 input tiles of ``x`` (C, H, W) zero-padded by ``pad``; scratch arrays of the shapes
+    ``scratch_shapes(rows, TW)``), all in the shared work buffer."""
     c, h, w = x.shape
-    k, oh, ow = out.shape
-    group = u.shape[1]
     ph, pw = pad
-    th, tw = -(-oh // 2), -(-ow // 2)
+    th, tw = -(-out_size[0] // 2), -(-out_size[1] // 2)
     wp = 2 * tw + 2
     band = max(1, min(th, WINOGRAD_BAND_TILES // tw))
-    sizes = (c * (2 * band + 2) * wp, 4 * c * band * wp, 16 * c * band * tw, 16 * k * band * tw, 8 * k * band * tw)
+
+    def shapes(r):
+        return [(c, 2 * r + 2, wp), (4, c, r, wp), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
+    sizes = [math.prod(shape) for shape in shapes(band)]
     buf = work_buffer(xp, x.dtype, sum(sizes))
-    parts = [buf[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     for t0 in range(0, th, band):
         r = min(band, th - t0)
-        padded, rows, v, m, s = (part[:math.prod(shape)].reshape(shape) for part, shape in zip(parts, (
-            (c, 2 * r + 2, wp), (4, c, r, wp), (4, 4, c, r, tw), (4, 4, k, r, tw), (2, 4, k, r, tw))))
+        padded, rows, v, *scratch = (buf[i:i + math.prod(shape)].reshape(shape)
+                                     for i, shape in zip(starts, shapes(r)))
         top = 2 * t0 - ph  # the input row of the band's first padded row
         lo, hi = max(0, -top), min(2 * r + 2, h - top)
         right = min(wp, w + pw)
@@ -171,12 +182,51 @@ def winograd_conv(xp, x, u, pad, out):
         _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
         for a in range(4):
             _input_transform(xp, [rows[a][:, :, i:i + 2 * tw:2] for i in range(4)], v[a])
-        xp.matmul(u, v.reshape(16, group, c // group, r * tw), out=m.reshape(16, group, k // group, r * tw))
+        yield t0, v, scratch
+
+
+def winograd_conv(xp, x, u, pad, out):
+    """``out`` (K, OH, OW) = the stride-1 3×3 cross-correlation of ``x`` (C, H, W) zero-padded by ``pad`` =
+    (ph, pw) with the kernels ``u`` of winograd_kernels, a band of tile rows at a time."""
+    c = x.shape[0]
+    k, oh, ow = out.shape
+    group = u.shape[1]
+    bands = _winograd_bands(xp, x, pad, (oh, ow), lambda r, tw: [(4, 4, k, r, tw), (2, 4, k, r, tw)])
+    for t0, v, (m, s) in bands:
+        tiles = v.shape[3] * v.shape[4]
+        xp.matmul(u, v.reshape(16, group, c // group, tiles), out=m.reshape(16, group, k // group, tiles))
         _output_transform(xp, m, s[0], s[1])
         for a in range(2):
-            count = min(r, (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
+            count = min(v.shape[3], (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
             rows_a = out[:, 2 * t0 + a::2][:, :count]
             _output_transform(xp, s[a][:, :, :count], rows_a[..., 0::2], rows_a[..., 1::2])
+
+
+def winograd_weight_gradient(xp, x, dy, pad, group):
+    """The gradient of winograd_conv(x, u, pad) with respect to u, for the top gradient ``dy`` (K, OH, OW), as
+    (16, group, C/group, K/group): per transformed position, the sum over tiles of (A dy Aᵀ) times (Bᵀ d B),
+    16 products (C, tiles)·(tiles, K). (G ⊗ G)ᵀ maps it to the 3×3 kernels' gradient."""
+    c = x.shape[0]
+    k, oh, ow = dy.shape
+    total = None
+    bands = _winograd_bands(xp, x, pad, (oh, ow),
+                            lambda r, tw: [(k, 2 * r, 2 * tw), (4, k, r, 2 * tw), (4, 4, k, r, tw)])
+    for t0, v, (tiles, rows, z) in bands:
+        r, tw = v.shape[3:]
+        block = dy[:, 2 * t0:2 * (t0 + r)]  # the band's top gradient, zero-padded to whole 2×2 tiles
+        tiles[:, :block.shape[1], :ow] = block
+        tiles[:, block.shape[1]:] = 0
+        tiles[:, :, ow:] = 0
+        _gradient_transform(xp, tiles[:, 0::2], tiles[:, 1::2], rows)
+        for a in range(4):
+            _gradient_transform(xp, rows[a][..., 0::2], rows[a][..., 1::2], z[a])
+        product = xp.matmul(v.reshape(16, group, c // group, r * tw),
+                            z.reshape(16, group, k // group, r * tw).swapaxes(2, 3))
+        if total is None:
+            total = product
+        else:
+            total += product
+    return total
 
 
 @register("Convolution")
@@ -323,6 +373,12 @@ class Convolution(Layer):
         weights = self._weights()
         weight_diff = self.blobs[0].diff.reshape(weights.shape)
         dx = bottom[0].diff if propagate_down[0] else None
+        if need_weight and self._winograd(xp):
+            du = sum(winograd_weight_gradient(xp, x[n], dy[n], self.pad, self.group) for n in range(x.shape[0]))
+            transform = xp.asarray(_KERNEL_TRANSFORMS[False], dtype=du.dtype)  # U = (G ⊗ G) g: g's gradient
+            du = du.swapaxes(2, 3).reshape(16, -1)                            # is (G ⊗ G)ᵀ U's
+            self.blobs[0].diff += xp.matmul(du.T, transform).reshape(self.blobs[0].diff.shape)
+            need_weight = False
         if dx is not None and self._winograd(xp):
             # the bottom gradient is the full correlation of dy with the flipped kernels: pad 2 − pad
             u = winograd_kernels(xp, self.blobs[0].data, self.group, flipped=True)

@@ -8,9 +8,7 @@ some bin uses, the map of all eh × ew sliding-window maxima of the feature map 
 operations per extent), then reads every bin of that extent with one gather. The work is then proportional to
 the map size times the number of distinct bin extents, not to the total area of the RoIs. With few bins for
 the map (a training minibatch of 128 RoIs), each bin instead reads four entries of a 2-D sparse table (levels
-of 2^i × 2^j windows) and takes their maximum, which avoids the whole-map pass per extent. Where the argmax is
-needed (backward), the maxima are taken over int64 keys that pack the value's order with the position, so that
-one ``maximum`` finds both the largest value and its first position.
+of 2^i × 2^j windows) and takes the larger, which avoids the whole-map pass per extent.
 """
 import numpy
 
@@ -33,50 +31,54 @@ def _along(axis, start, stop):
     return (slice(None),) * axis + (slice(start, stop),)
 
 
-#: The low 32 bits of a packed key (see _packed_keys).
-_LOW = (1 << 32) - 1
-
-
-def _packed_keys(xp, features):
-    """int64 keys of every (N, H, W, C) feature whose maximum over a window is the window's maximum and,
-    among equal maxima, the first in row-major order: the value's rank in the high 32 bits (float32: its bits
-    read as an order-preserving integer, −0 counted as +0; other dtypes: its rank among the distinct values),
-    2³² − 1 − (h·W + w) in the low ones."""
-    _, height, width, _ = features.shape
-    if features.dtype == numpy.float32:
-        bits = (features + numpy.float32(0)).view(numpy.int32)
-        order = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: the magnitude bits flipped
-    else:
-        order = xp.unique(features, return_inverse=True)[1].reshape(features.shape)
-    keys = order.astype(numpy.int64) << 32
-    keys |= (_LOW - xp.arange(height * width, dtype=numpy.int64)).reshape(1, height, width, 1)
-    return keys
+def _larger(xp, left, right, first=False):
+    """Elementwise max of two (value, argmax) pairs; ``right`` wins only when strictly larger, so the
+    earlier (left) of equal maxima is kept, or with ``first`` when equal and at a smaller h·W + w (earlier in
+    row-major order). Without argmaxes (None), the maximum alone."""
+    if left[1] is None:
+        return xp.maximum(left[0], right[0]), None
+    take_right = right[0] > left[0]
+    if first:
+        take_right |= (right[0] == left[0]) & (right[1] < left[1])
+    arg = right[1] - left[1]
+    arg *= take_right  # arithmetic select: masked selection is slow on random masks
+    arg += left[1]
+    return xp.maximum(left[0], right[0]), arg
 
 
 class _SlidingMax:
-    """Maximum over every window [i, i + k) along one axis, for any k (a sparse table): level j holds the
-    windows of length 2^j, and a window of length k is the larger of two overlapping level windows."""
+    """Max and first argmax over every window [i, i + k) along one axis, for any k (a sparse table).
 
-    def __init__(self, xp, value, axis):
+    Level j holds the windows of length 2^j; a window of length k is the larger of two overlapping level
+    windows, the left one winning ties. That keeps the first maximum: where the first maximal element lies
+    in the overlap, the left window holds it too. With ``arg`` None only the maxima are computed.
+    """
+
+    def __init__(self, xp, value, arg, axis):
         self.xp, self.axis, self.length = xp, axis, value.shape[axis]
-        self.levels = [value]
+        self.levels = [(value, arg)]
 
     def level(self, j):
         while len(self.levels) <= j:
             step = 1 << (len(self.levels) - 1)
-            value = self.levels[-1]
+            value, arg = self.levels[-1]
             n = value.shape[self.axis] - step
-            self.levels.append(self.xp.maximum(value[_along(self.axis, 0, n)],
-                                               value[_along(self.axis, step, step + n)]))
+            head, tail = _along(self.axis, 0, n), _along(self.axis, step, step + n)
+            self.levels.append(_larger(self.xp, _part(value, arg, head), _part(value, arg, tail)))
         return self.levels[j]
 
     def window(self, k):
         j = k.bit_length() - 1
-        value = self.level(j)
+        value, arg = self.level(j)
         if k == 1 << j:
-            return value
+            return value, arg
         n, shift = self.length - k + 1, k - (1 << j)
-        return self.xp.maximum(value[_along(self.axis, 0, n)], value[_along(self.axis, shift, shift + n)])
+        head, tail = _along(self.axis, 0, n), _along(self.axis, shift, shift + n)
+        return _larger(self.xp, _part(value, arg, head), _part(value, arg, tail))
+
+
+def _part(value, arg, index):
+    return value[index], (None if arg is None else arg[index])
 
 
 @register("ROIPooling")
@@ -172,38 +174,40 @@ class ROIPooling(Layer):
         ext_h, ext_w = hend - hstart, wend - wstart  # (R, ph), (R, pw); empty where <= 0
 
         features = xp.ascontiguousarray(bottom[0].data.transpose(0, 2, 3, 1))  # (N, H, W, C)
-        along_w = _SlidingMax(xp, _packed_keys(xp, features) if with_argmax else features, axis=2)
-        flat, channel = features.reshape(num, height * width, -1), xp.arange(features.shape[3])
+        flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
+        along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape) if with_argmax else None,
+                              axis=2)
 
         def store(roi, p, q, best):
+            out[roi, p, q] = best[0]
             if with_argmax:
-                best = _LOW - (best & _LOW)  # the first maximum's h·W + w
-                argmax[roi, p, q] = best
-                best = flat[batch[roi][:, None], best, channel]
-            out[roi, p, q] = best
+                argmax[roi, p, q] = best[1]
 
         widths = _distinct(xp, ext_w[ext_w > 0])
         bins = int(((ext_h > 0).sum(axis=1) * (ext_w > 0).sum(axis=1)).sum())
         if bins * features.shape[3] < features.size * len(widths):
-            # few bins (a training minibatch): each bin is the maximum of four reads of a 2-D sparse table
+            # few bins (a training minibatch): each bin is the larger of four reads of a 2-D sparse table;
+            # the top read wins ties over the bottom one in its columns (its rows come first), and the two
+            # column halves compare positions (either may hold the earlier row)
             log_h, log_w = _floor_log2(xp, ext_h), _floor_log2(xp, ext_w)
             for jw in _distinct(xp, log_w[ext_w > 0]):
-                along_h = _SlidingMax(xp, along_w.level(jw), axis=1)
+                along_h = _SlidingMax(xp, *along_w.level(jw), axis=1)
                 in_jw = (log_w == jw) & (ext_w > 0)
                 for jh in _distinct(xp, log_h[(ext_h > 0) & in_jw.any(axis=1)[:, None]]):
                     roi, p, q = xp.nonzero(((log_h == jh) & (ext_h > 0))[:, :, None] & in_jw[:, None, :])
                     b, h0, w0 = batch[roi], hstart[roi, p], wstart[roi, q]
                     h1, w1 = h0 + ext_h[roi, p] - (1 << jh), w0 + ext_w[roi, q] - (1 << jw)
                     table = along_h.level(jh)
-                    store(roi, p, q, xp.maximum(xp.maximum(table[b, h0, w0], table[b, h1, w0]),
-                                                xp.maximum(table[b, h0, w1], table[b, h1, w1])))
+                    left = _larger(xp, _part(*table, (b, h0, w0)), _part(*table, (b, h1, w0)))
+                    right = _larger(xp, _part(*table, (b, h0, w1)), _part(*table, (b, h1, w1)))
+                    store(roi, p, q, _larger(xp, left, right, first=True))
         else:  # many bins (test time): the whole map's maxima per bin extent, then one read per bin
             for ew in widths:
-                along_h = _SlidingMax(xp, along_w.window(ew), axis=1)
+                along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
                 has_ew = (ext_w == ew).any(axis=1)
                 for eh in _distinct(xp, ext_h[(ext_h > 0) & has_ew[:, None]]):
                     roi, p, q = xp.nonzero((ext_h == eh)[:, :, None] & (ext_w == ew)[:, None, :])
-                    store(roi, p, q, along_h.window(eh)[batch[roi], hstart[roi, p], wstart[roi, q]])
+                    store(roi, p, q, _part(*along_h.window(eh), (batch[roi], hstart[roi, p], wstart[roi, q])))
         empty = xp.nonzero((ext_h <= 0)[:, :, None] | (ext_w <= 0)[:, None, :])
         out[empty] = 0
         if with_argmax:

@@ -374,9 +374,10 @@ class Convolution(Layer):
         weight_diff = self.blobs[0].diff.reshape(weights.shape)
         dx = bottom[0].diff if propagate_down[0] else None
         if need_weight and self._winograd(xp):
+            # u = (G ⊗ G) g for each kernel, so g's gradient is (G ⊗ G)ᵀ times u's
             du = sum(winograd_weight_gradient(xp, x[n], dy[n], self.pad, self.group) for n in range(x.shape[0]))
-            transform = xp.asarray(_KERNEL_TRANSFORMS[False], dtype=du.dtype)  # U = (G ⊗ G) g: g's gradient
-            du = du.swapaxes(2, 3).reshape(16, -1)                            # is (G ⊗ G)ᵀ U's
+            transform = xp.asarray(_KERNEL_TRANSFORMS[False], dtype=du.dtype)
+            du = du.swapaxes(2, 3).reshape(16, -1)
             self.blobs[0].diff += xp.matmul(du.T, transform).reshape(self.blobs[0].diff.shape)
             need_weight = False
         if dx is not None and self._winograd(xp):

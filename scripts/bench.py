@@ -49,6 +49,10 @@ AVX2_ONLY = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2", "ONE
              "OPENCV_CPU_DISABLE": "AVX512F,AVX512-COMMON,AVX512-SKX,AVX512-CNL,AVX512-CLX,AVX512-ICL"}
 
 
+def openblas_pinned_to_avx2():
+    return os.environ.get("OPENBLAS_CORETYPE", "").lower() in AVX2_OPENBLAS_CORES
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -66,8 +70,7 @@ def parse_args(argv):
                              "so that the twins do not use wider vectors than ours, native otherwise")
     args = parser.parse_args(argv)
     if args.isa == "auto":
-        pinned = os.environ.get("OPENBLAS_CORETYPE", "").lower()
-        args.isa = "avx2" if pinned in AVX2_OPENBLAS_CORES else "native"
+        args.isa = "avx2" if openblas_pinned_to_avx2() else "native"
     names = args.models or ("toy,S" if args.quick else ",".join(MODELS))
     args.models = [m.strip() for m in names.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -87,7 +90,7 @@ if __name__ == "__main__":
         os.environ[_variable] = str(ARGS.threads)
     if ARGS.isa == "avx2":
         for _variable, _value in AVX2_ONLY.items():
-            if os.environ.get(_variable, "").lower() not in AVX2_OPENBLAS_CORES:  # keep an AVX2 pin of OpenBLAS
+            if _variable != "OPENBLAS_CORETYPE" or not openblas_pinned_to_avx2():  # keep an AVX2 pin of OpenBLAS
                 os.environ[_variable] = _value
     sys.path.insert(0, str(ROOT))
     import fastrcnn  # noqa: F401  (picks OpenBLAS's kernel for CPUs it misdetects, before NumPy loads it)
@@ -982,8 +985,9 @@ def run_benchmark(args):
     machine["load_average_start"], machine["load_average_end"] = load_start, os.getloadavg()
     report = {"machine": machine,
               "settings": {"device": args.device, "models": args.models, "runs": args.runs, "quick": args.quick,
-                           "threads": args.threads, "isa": args.isa, "image": sizes.image, "toy_image": sizes.toy_image,
-                           "memory_image": sizes.memory_image, "rois": sizes.rois, "train_rois": sizes.train_rois},
+                           "threads": args.threads, "isa": args.isa, "image": sizes.image,
+                           "toy_image": sizes.toy_image, "memory_image": sizes.memory_image, "rois": sizes.rois,
+                           "train_rois": sizes.train_rois},
               "rows": bench.rows, "notes": bench.notes, "seconds": time.perf_counter() - start}
     print_table(bench, machine)
     Path(args.json).write_text(json.dumps(report, indent=1))

@@ -125,7 +125,8 @@ def winograd_kernels(xp, weights, group, flipped=False):
 
 
 def _input_transform(xp, d, out):
-    """out[0..3] = Bᵀ (d[0], d[1], d[2], d[3]) with Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]."""
+    """out[0..3] = Bᵀ (d[0], d[1], d[2], d[3]) with
+    Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]."""
     xp.subtract(d[0], d[2], out=out[0])
     xp.add(d[1], d[2], out=out[1])
     xp.subtract(d[2], d[1], out=out[2])
@@ -160,6 +161,7 @@ def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
     th, tw = -(-out_size[0] // 2), -(-out_size[1] // 2)
     wp = 2 * tw + 2
     band = max(1, min(th, WINOGRAD_BAND_TILES // tw))
+    right = min(wp, w + pw)  # the padded column after the last input column
 
     def shapes(r):
         return [(c, 2 * r + 2, wp), (4, c, r, wp), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
@@ -172,7 +174,6 @@ def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
                                      for i, shape in zip(starts, shapes(r)))
         top = 2 * t0 - ph  # the input row of the band's first padded row
         lo, hi = max(0, -top), min(2 * r + 2, h - top)
-        right = min(wp, w + pw)
         padded[:, :lo] = 0
         padded[:, max(lo, hi):] = 0
         if lo < hi:
@@ -345,7 +346,7 @@ class Convolution(Layer):
 
     def _winograd(self, xp):
         """Whether this pass runs Winograd F(2×2, 3×3): on the CPU, where the layer qualifies."""
-        return self.winograd and xp.__name__ == "numpy"
+        return self.winograd and xp is numpy
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
@@ -386,6 +387,8 @@ class Convolution(Layer):
             for n in range(x.shape[0]):
                 winograd_conv(xp, dy[n], u, (2 - self.pad[0], 2 - self.pad[1]), dx[n])
             dx = None
+        if not (need_weight or dx is not None):
+            return
         if dx is not None and not self.direct:
             dx[...] = 0
         for n in range(x.shape[0]):

@@ -31,15 +31,12 @@ def _along(axis, start, stop):
     return (slice(None),) * axis + (slice(start, stop),)
 
 
-def _larger(xp, left, right, first=False):
+def _larger(xp, left, right):
     """Elementwise max of two (value, argmax) pairs; ``right`` wins only when strictly larger, so the
-    earlier (left) of equal maxima is kept, or with ``first`` when equal and at a smaller h·W + w (earlier in
-    row-major order). Without argmaxes (None), the maximum alone."""
+    earlier (left) of equal maxima is kept. Without argmaxes (None), the maximum alone."""
     if left[1] is None:
         return xp.maximum(left[0], right[0]), None
     take_right = right[0] > left[0]
-    if first:
-        take_right |= (right[0] == left[0]) & (right[1] < left[1])
     arg = right[1] - left[1]
     arg *= take_right  # arithmetic select: masked selection is slow on random masks
     arg += left[1]
@@ -174,9 +171,6 @@ class ROIPooling(Layer):
         ext_h, ext_w = hend - hstart, wend - wstart  # (R, ph), (R, pw); empty where <= 0
 
         features = xp.ascontiguousarray(bottom[0].data.transpose(0, 2, 3, 1))  # (N, H, W, C)
-        flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
-        along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape) if with_argmax else None,
-                              axis=2)
 
         def store(roi, p, q, best):
             out[roi, p, q] = best[0]
@@ -185,23 +179,28 @@ class ROIPooling(Layer):
 
         widths = _distinct(xp, ext_w[ext_w > 0])
         bins = int(((ext_h > 0).sum(axis=1) * (ext_w > 0).sum(axis=1)).sum())
-        if bins * features.shape[3] < features.size * len(widths):
-            # few bins (a training minibatch): each bin is the larger of four reads of a 2-D sparse table;
-            # the top read wins ties over the bottom one in its columns (its rows come first), and the two
-            # column halves compare positions (either may hold the earlier row)
+        if bins * features.shape[3] < features.size * len(widths) and features.dtype == numpy.float32:
+            # few bins (a training minibatch): each bin is the largest of four reads of a 2-D sparse table of
+            # 2^i × 2^j window maxima; with argmaxes the table holds keys ordered as (value, −position), so
+            # the largest key is the first maximum in row-major order
+            keys = _keys(xp, features) if with_argmax else features
+            along_w = _SlidingMax(xp, keys, None, axis=2)
             log_h, log_w = _floor_log2(xp, ext_h), _floor_log2(xp, ext_w)
             for jw in _distinct(xp, log_w[ext_w > 0]):
-                along_h = _SlidingMax(xp, *along_w.level(jw), axis=1)
+                along_h = _SlidingMax(xp, along_w.level(jw)[0], None, axis=1)
                 in_jw = (log_w == jw) & (ext_w > 0)
                 for jh in _distinct(xp, log_h[(ext_h > 0) & in_jw.any(axis=1)[:, None]]):
                     roi, p, q = xp.nonzero(((log_h == jh) & (ext_h > 0))[:, :, None] & in_jw[:, None, :])
                     b, h0, w0 = batch[roi], hstart[roi, p], wstart[roi, q]
                     h1, w1 = h0 + ext_h[roi, p] - (1 << jh), w0 + ext_w[roi, q] - (1 << jw)
-                    table = along_h.level(jh)
-                    left = _larger(xp, _part(*table, (b, h0, w0)), _part(*table, (b, h1, w0)))
-                    right = _larger(xp, _part(*table, (b, h0, w1)), _part(*table, (b, h1, w1)))
-                    store(roi, p, q, _larger(xp, left, right, first=True))
+                    table = along_h.level(jh)[0]
+                    best = xp.maximum(xp.maximum(table[b, h0, w0], table[b, h1, w0]),
+                                      xp.maximum(table[b, h0, w1], table[b, h1, w1]))
+                    store(roi, p, q, _unkey(best) if with_argmax else (best, None))
         else:  # many bins (test time): the whole map's maxima per bin extent, then one read per bin
+            flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
+            along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape) if with_argmax else None,
+                                  axis=2)
             for ew in widths:
                 along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
                 has_ew = (ext_w == ew).any(axis=1)
@@ -238,6 +237,25 @@ class ROIPooling(Layer):
 def _floor_log2(xp, values):
     """⌊log2 v⌋ of positive integers (anything for the others)."""
     return xp.frexp(xp.maximum(values, 1).astype(numpy.float64))[1] - 1
+
+
+def _keys(xp, features):
+    """int64 keys of float32 (N, H, W, C) features ordered as (value, −(h·W + w)): the high half is the
+    value's bits made order-preserving as an int32 (−0 counted as +0, which ties with it), the low half
+    2^32 − 1 − position."""
+    bits = (features + numpy.float32(0)).view(numpy.int32)  # −0 + 0 = +0
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    keys = bits.astype(numpy.int64) << 32
+    height, width = features.shape[1:3]
+    keys |= (0xFFFFFFFF - xp.arange(height * width, dtype=numpy.int64)).reshape(1, height, width, 1)
+    return keys
+
+
+def _unkey(keys):
+    """(value, position) of ``_keys``' keys."""
+    bits = (keys >> 32).astype(numpy.int32)
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return bits.view(numpy.float32), 0xFFFFFFFF - (keys & 0xFFFFFFFF)
 
 
 def _distinct(xp, values):

@@ -3,9 +3,10 @@
 The engine (Net, layers, SGDSolver, weights I/O) follows Caffe and pycaffe; the Fast R-CNN pipeline
 (``fastrcnn.rcnn``) is built on its public API and registers its data layer into the layer registry.
 """
-from .cpu import choose_openblas_kernel
+from .cpu import choose_openblas_kernel, retain_freed_memory
 
 choose_openblas_kernel()  # before anything loads NumPy (and its OpenBLAS)
+retain_freed_memory()
 
 from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed, to_cpu  # noqa: E402
 from .errors import Error  # noqa: E402

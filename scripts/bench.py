@@ -109,6 +109,7 @@ import numpy as np  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from fastrcnn import protoio  # noqa: E402
+from fastrcnn.cpu import retain_freed_memory  # noqa: E402
 from fastrcnn.net import Net  # noqa: E402
 from fastrcnn.rcnn.compress import factorize  # noqa: E402
 from fastrcnn.rcnn.config import Config  # noqa: E402
@@ -141,7 +142,9 @@ def prototxt(model, variant="test.prototxt"):
 def machine_info(threads):
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
             "threads": threads, "cpu": platform.processor(), "numpy": np.__version__,
-            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS's own choice)")}
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS's own choice)"),
+            # idempotent: true where importing fastrcnn made glibc keep freed memory (for every implementation)
+            "malloc_keeps_freed_memory": retain_freed_memory()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -951,7 +954,8 @@ def print_table(bench, machine):
     for note in bench.notes:
         print("note:", note)
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), "
-          f"instructions: {machine['isa']}; load average "
+          f"instructions: {machine['isa']}; malloc keeps freed memory: {machine['malloc_keeps_freed_memory']}; "
+          "load average "
           f"{machine['load_average_start'][0]:.2f} at the start, {machine['load_average_end'][0]:.2f} at the end "
           "(above the thread count, other processes shared the cores and the times are inflated)")
 

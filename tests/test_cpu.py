@@ -1,8 +1,12 @@
-"""fastrcnn.cpu: OpenBLAS's kernel is chosen for the AVX-512 CPUs its runtime detection misses, and only those."""
+"""fastrcnn.cpu: OpenBLAS's kernel is chosen for the AVX-512 CPUs its runtime detection misses, and only those;
+freed memory is kept for reuse unless the user set malloc's variables."""
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from fastrcnn.cpu import openblas_coretype
 
@@ -59,3 +63,37 @@ def test_importing_fastrcnn_applies_the_choice_for_this_machine():
     except OSError:
         expected = None
     assert done.stdout.strip() == str(expected)
+
+
+REUSE_SCRIPT = """
+import resource, fastrcnn, numpy
+from fastrcnn.cpu import retain_freed_memory
+
+def temporaries():  # eight 4 MiB arrays alive together, then freed, as a pass's temporaries
+    arrays = [numpy.ones(1 << 20, numpy.float32) for _ in range(8)]
+    del arrays
+
+temporaries()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+temporaries()
+print(retain_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("user_setting", [None, "131072"])
+def test_freed_memory_is_reused_without_page_faults_unless_the_user_set_malloc(user_setting):
+    """After ``import fastrcnn`` a second round of large temporaries reuses the first round's pages (no page
+    faults); with the user's own MALLOC_TRIM_THRESHOLD_ glibc's defaults stay, and 32 MiB fault in again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    if user_setting:
+        env["MALLOC_TRIM_THRESHOLD_"] = user_setting
+    done = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    declined, faults = done.stdout.split()
+    assert declined == "False"  # a user's malloc variable is never overridden
+    if user_setting:
+        assert int(faults) > 1000  # 32 MiB: 8192 pages of 4 KiB (fewer where huge pages are used)
+    else:
+        assert int(faults) < 100

@@ -53,24 +53,24 @@ def choose_openblas_kernel(environ=os.environ, cpuinfo_path="/proc/cpuinfo"):
     return coretype
 
 
-#: glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit systems (HEAP_MAX_SIZE / 2).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_MAX = 32 << 20
+#: glibc's mallopt parameters.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 #: The user's own malloc settings, which are always left as they are.
-MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
 
 
 def retain_freed_memory(environ=os.environ):
     """Let glibc's malloc keep freed memory for the next allocation, as Caffe keeps its blobs' memory.
 
-    Every forward and backward pass creates NumPy temporaries of a few MiB. By default glibc maps blocks over
-    its (adaptive) mmap threshold afresh and gives the top of the heap back once 128 KiB-plus is free, so each
-    pass faults in its temporaries' pages again, which costs as much as the arithmetic on small layers
-    (measured: a toy training iteration 94 → 80 ms, its RoI pooling forward 11.5 → 6 ms). Blocks up to
-    32 MiB then come from the heap, and freed heap memory stays with the process: its resident size stays
-    at its peak, which it reaches anyway. Nothing is changed where the user set malloc variables
-    (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or glibc.malloc tunables),
-    or outside glibc. Returns whether the settings were made."""
+    Every forward and backward pass creates NumPy temporaries of a few to a few hundred MiB. By default glibc
+    maps blocks over its (adaptive, at most 32 MiB) mmap threshold afresh and gives the top of the heap back
+    once 128 KiB-plus is free, so each pass faults in its temporaries' pages again, which costs as much as
+    the arithmetic on them (measured: a toy training iteration 94 → 80 ms, M's conv trunk 212 → 190 ms).
+    With mmap off and the trim threshold at 2 GiB, every block comes from the heap and freed memory stays
+    with the process for reuse: the resident size stays at its peak, which is reached anyway (L's detection
+    peak 2066 → 2081 MiB). Nothing is changed where the user set malloc variables (``MALLOC_TRIM_THRESHOLD_``,
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_MMAP_MAX_``, ``MALLOC_TOP_PAD_`` or glibc.malloc tunables), or outside
+    glibc. Returns whether the settings were made."""
     if not sys.platform.startswith("linux") or any(name in environ for name in MALLOC_VARIABLES):
         return False
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
@@ -80,5 +80,4 @@ def retain_freed_memory(environ=os.environ):
         libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl's mallopt does nothing)
     except (OSError, AttributeError):
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))

@@ -91,6 +91,11 @@ def work_buffer(xp, dtype, count):
     return buf[:count]
 
 
+def along(axis, start, stop):
+    """The index selecting [start, stop) along ``axis`` (None: that end)."""
+    return (slice(None),) * axis + (slice(start, stop),)
+
+
 def offset_ranges(size, kernel, stride, pad, out, dilation=1):
     """Per kernel offset along one axis: (output slice, bottom slice) of the outputs whose window cell at that
     offset lies inside [0, size), or None where no output's does."""

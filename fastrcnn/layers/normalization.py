@@ -6,23 +6,19 @@ from ..proto import caffe_pb2
 from . import register
 from .activation import canonical_axis
 from .base import Layer
-from .conv import check_4d
+from .conv import along, check_4d
 
 
-def _window_sum(xp, a, size, axes):
-    """Σ of ``a`` over a centred window of ``size`` along each of ``axes``, zero padded (size is odd)."""
-    half = size // 2
-    for axis in axes:
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (half, half)
-        padded = xp.pad(a, pad)
-        index = [slice(None)] * a.ndim
-        n = a.shape[axis]
-        index[axis] = slice(0, n)
-        total = padded[tuple(index)].copy()
-        for start in range(1, size):
-            index[axis] = slice(start, start + n)
-            total += padded[tuple(index)]
+def _window_sum(xp, a, size, axes, out):
+    """``out`` = Σ of ``a`` over a centred window of ``size`` along each of ``axes``, zero padded (size is
+    odd): each shift adds the overlapping parts, so no padded copy is made."""
+    for i, axis in enumerate(axes):
+        total = out if i == len(axes) - 1 else xp.empty_like(a)
+        total[...] = a
+        for shift in range(1, size // 2 + 1):
+            head, tail = along(axis, None, -shift), along(axis, shift, None)
+            total[tail] += a[head]
+            total[head] += a[tail]
         a = total
     return a
 
@@ -58,11 +54,12 @@ class LRN(Layer):
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
-        x, scale = bottom[0].data, self._scale.data
-        scale[...] = _window_sum(xp, x * x, self.size, self.axes)
+        x, y, scale = bottom[0].data, top[0].data, self._scale.data
+        _window_sum(xp, x * x, self.size, self.axes, out=scale)
         scale *= self.norm
         scale += self.k
-        top[0].data[...] = x * scale ** -self.beta
+        xp.power(scale, -self.beta, out=y)
+        y *= x
 
     def backward(self, top, propagate_down, bottom):
         """dx = dy · scale^(−beta) − 2·beta·norm · x · Σ_{windows holding x} dy·y/scale (the window is
@@ -71,14 +68,30 @@ class LRN(Layer):
             return
         xp = self.xp(bottom[0])
         x, y, dy, scale = bottom[0].data, top[0].data, top[0].diff, self._scale.data
-        ratio = _window_sum(xp, dy * y / scale, self.size, self.axes)
-        bottom[0].diff[...] = dy * scale ** -self.beta - (2 * self.beta * self.norm) * x * ratio
+        ratio = dy * y
+        ratio /= scale
+        dx = bottom[0].diff
+        _window_sum(xp, ratio, self.size, self.axes, out=dx)
+        dx *= x
+        dx *= -2 * self.beta * self.norm
+        xp.power(scale, -self.beta, out=ratio)
+        ratio *= dy
+        dx += ratio
 
 
 def _channels(blob):
     """Caffe's BatchNorm views the bottom as (N, C, rest); a 1-axis bottom has one channel."""
     shape = blob.shape
     return shape[1] if len(shape) > 1 else 1
+
+
+def channel_dot(xp, a, b=None):
+    """Per-channel sums over axes 0 and 2 of ``a · b`` (of ``a`` without ``b``) for (N, C, S) arrays: dot
+    products in BLAS, as Caffe's gemv reductions, without an (N, C, S) temporary."""
+    if a.shape[2] == 1:  # (N, C) values: no long axis for BLAS
+        return a[:, :, 0].sum(axis=0) if b is None else xp.einsum("nc,nc->c", a[:, :, 0], b[:, :, 0])
+    right = xp.ones((a.shape[2], 1), a.dtype) if b is None else b[:, :, :, None]
+    return xp.matmul(a[:, :, None, :], right).sum(axis=0).reshape(-1)
 
 
 @register("BatchNorm")
@@ -131,15 +144,17 @@ class BatchNorm(Layer):
 
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
-        x = self._view(bottom[0].data, bottom[0])
+        x, y = self._view(bottom[0].data, bottom[0]), self._view(top[0].data, top[0])
         if self.use_global:
             count = self.blobs[2].data
             factor = (count != 0) / xp.where(count == 0, 1, count)
             mean, var = self.blobs[0].data * factor, self.blobs[1].data * factor
+            xp.subtract(x, mean[:, None], out=y)
         else:
-            mean = x.mean(axis=(0, 2))
-            var = ((x - mean[:, None]) ** 2).mean(axis=(0, 2))
             m = x.size // x.shape[1]
+            mean = channel_dot(xp, x) / m
+            xp.subtract(x, mean[:, None], out=y)
+            var = channel_dot(xp, y, y) / m
             correction = m / (m - 1) if m > 1 else 1.0
             for blob, value in ((self.blobs[0], mean), (self.blobs[1], var * correction)):
                 blob.data *= self.fraction
@@ -147,8 +162,7 @@ class BatchNorm(Layer):
             self.blobs[2].data *= self.fraction
             self.blobs[2].data += 1
         self._std = xp.sqrt(var + self.eps)[:, None]
-        y = self._view(top[0].data, top[0])
-        xp.divide(x - mean[:, None], self._std, out=y)
+        y /= self._std
         if not self.use_global:
             self._normalized.data[...] = top[0].data
 
@@ -157,14 +171,19 @@ class BatchNorm(Layer):
         dx = (dy − mean(dy) − x̂ · mean(dy · x̂)) / std, means over N and the spatial axes."""
         if not propagate_down[0]:
             return
+        xp = self.xp(top[0])
         dy = self._view(top[0].diff, top[0])
-        dx = self._view(bottom[0].diff, bottom[0])
+        dx = self._view(bottom[0].diff, bottom[0])  # may be dy itself (in place)
         if self.use_global:
-            dx[...] = dy / self._std
+            xp.divide(dy, self._std, out=dx)
             return
         xn = self._view(self._normalized.data, self._normalized)
-        centred = dy - dy.mean(axis=(0, 2), keepdims=True)
-        dx[...] = (centred - xn * (dy * xn).mean(axis=(0, 2), keepdims=True)) / self._std
+        m = dy.size // dy.shape[1]
+        mean_dy, mean_dy_xn = channel_dot(xp, dy) / m, channel_dot(xp, dy, xn) / m
+        correction = xn * mean_dy_xn[:, None]
+        correction += mean_dy[:, None]
+        xp.subtract(dy, correction, out=dx)
+        dx /= self._std
 
 
 class _Broadcast(Layer):
@@ -235,19 +254,20 @@ class Scale(_Broadcast):
             self._bottom_copy.data[...] = x
         scale = self.operand(bottom).data.reshape(1, -1, 1)
         y = self.view(top[0].data)
-        y[...] = self.view(x) * scale
+        self.xp(bottom[0]).multiply(self.view(x), scale, out=y)
         if self.bias_term:
             y += self.blobs[-1].data.reshape(1, -1, 1)
 
     def backward(self, top, propagate_down, bottom):
+        xp = self.xp(top[0])
         dy = self.view(top[0].diff)
         if self.bias_term and self.param_propagate_down[-1]:
-            self.blobs[-1].diff += dy.sum(axis=(0, 2)).reshape(self.blobs[-1].shape)
+            self.blobs[-1].diff += channel_dot(xp, dy).reshape(self.blobs[-1].shape)
         x = self._bottom_copy.data if top[0] is bottom[0] else bottom[0].data
-        self.operand_gradient(bottom, propagate_down, lambda: (dy * self.view(x)).sum(axis=(0, 2)))
+        self.operand_gradient(bottom, propagate_down, lambda: channel_dot(xp, dy, self.view(x)))
         if propagate_down[0]:
             scale = self.operand(bottom).data.reshape(1, -1, 1)
-            self.view(bottom[0].diff)[...] = dy * scale
+            xp.multiply(dy, scale, out=self.view(bottom[0].diff))
 
 
 @register("Bias")
@@ -267,6 +287,6 @@ class Bias(_Broadcast):
 
     def backward(self, top, propagate_down, bottom):
         dy = self.view(top[0].diff)
-        self.operand_gradient(bottom, propagate_down, lambda: dy.sum(axis=(0, 2)))
+        self.operand_gradient(bottom, propagate_down, lambda: channel_dot(self.xp(top[0]), dy))
         if propagate_down[0] and top[0] is not bottom[0]:
             bottom[0].diff[...] = top[0].diff

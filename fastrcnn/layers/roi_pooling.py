@@ -16,6 +16,7 @@ from ..backend import scatter_add
 from ..blob import Blob
 from . import register
 from .base import Layer
+from .conv import along
 
 
 def round_half_away(xp, v):
@@ -24,11 +25,6 @@ def round_half_away(xp, v):
     The 0.5 is added in float64, where the sum of a float32 and 0.5 is exact.
     """
     return (xp.sign(v) * xp.floor(xp.abs(v.astype(numpy.float64)) + 0.5)).astype(numpy.int64)
-
-
-def _along(axis, start, stop):
-    """Index selecting [start, stop) along ``axis``."""
-    return (slice(None),) * axis + (slice(start, stop),)
 
 
 def _larger(xp, left, right):
@@ -60,7 +56,7 @@ class _SlidingMax:
             step = 1 << (len(self.levels) - 1)
             value, arg = self.levels[-1]
             n = value.shape[self.axis] - step
-            head, tail = _along(self.axis, 0, n), _along(self.axis, step, step + n)
+            head, tail = along(self.axis, 0, n), along(self.axis, step, step + n)
             self.levels.append(_larger(self.xp, _part(value, arg, head), _part(value, arg, tail)))
         return self.levels[j]
 
@@ -70,7 +66,7 @@ class _SlidingMax:
         if k == 1 << j:
             return value, arg
         n, shift = self.length - k + 1, k - (1 << j)
-        head, tail = _along(self.axis, 0, n), _along(self.axis, shift, shift + n)
+        head, tail = along(self.axis, 0, n), along(self.axis, shift, shift + n)
         return _larger(self.xp, _part(value, arg, head), _part(value, arg, tail))
 
 

@@ -150,8 +150,10 @@ WINOGRAD_CASES = [  # (channels, num_output, extra, (H, W)): odd and even sizes,
     ((1, 128, 6, 5), "kernel_size: 3 pad: 1 stride: 2", False),
     ((1, 128, 6, 5), "kernel_size: 3 pad: 1 dilation: 2", False),
     ((1, 128, 6, 5), "kernel_size: 3 pad: 3", False),
-    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 group: 2", False),  # 64 channels per group
-    ((1, 64, 6, 5), "kernel_size: 3 pad: 1", False),
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 group: 2", True),  # 64 channels per group
+    ((1, 128, 6, 5), "kernel_size: 3 pad: 1 group: 4", False),  # 32 channels per group
+    ((1, 64, 6, 5), "kernel_size: 3 pad: 1", True),
+    ((1, 32, 6, 5), "kernel_size: 3 pad: 1", False),
     ((1, 128, 6, 5), "kernel_size: 5 pad: 2", False),
 ])
 def test_winograd_is_chosen_for_wide_3x3_stride_1_layers(shape, extra, winograd):

@@ -33,10 +33,11 @@ from .base import Layer
 COLUMN_BUDGET = 1 << 26
 MIN_BAND_COLUMNS = 1 << 18
 #: Winograd applies where both the input and the output channels per group reach this (measured on two Zen
-#: cores against im2col: 1.5-1.6× faster at 512 channels, 1.3-1.4× at 256, 1.1-1.2× at 128, 0.9× at 64 where
-#: the single-threaded transforms outweigh the products), and ``WINOGRAD_BAND_TILES`` is the 2×2 output tiles
-#: transformed together (a band of tile rows; smaller bands stay in cache, larger ones make wider products).
-WINOGRAD_MIN_CHANNELS = 128
+#: cores against im2col, forward: 1.4× faster at 128 channels on 300×400, 1.1-1.15× at 64 (VGG16's conv1_2 and
+#: conv2_1), even at 64 on small maps, 0.7× at 32 where the element-wise transforms outweigh the products), and
+#: ``WINOGRAD_BAND_TILES`` is the 2×2 output tiles transformed together (a band of tile rows; smaller bands
+#: stay in cache, larger ones make wider products).
+WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_BAND_TILES = 512
 _workspace = threading.local()
 
@@ -160,16 +161,18 @@ def _gradient_transform(xp, d0, d1, out):
 def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
     """For each band of tile rows of an (OH, OW) output: (t0, its first tile row; v (4, 4, C, rows, TW), Bᵀ d B
     of its 4×4 input tiles of ``x`` (C, H, W) zero-padded by ``pad``; scratch arrays of the shapes
-    ``scratch_shapes(rows, TW)``), all in the shared work buffer."""
+    ``scratch_shapes(rows, TW)``), all in the shared work buffer. The band's padded input is stored with its
+    even and odd columns apart, (C, rows, 2, TW + 1), so that the column pass reads contiguous slices."""
     c, h, w = x.shape
     ph, pw = pad
     th, tw = -(-out_size[0] // 2), -(-out_size[1] // 2)
-    wp = 2 * tw + 2
     band = max(1, min(th, WINOGRAD_BAND_TILES // tw))
-    right = min(wp, w + pw)  # the padded column after the last input column
+    right = min(2 * tw + 2, w + pw)  # the padded column after the last input column
+    # per column parity b: the padded columns 2t + b holding input, t in [start, stop), from input column 2t + b − pw
+    parities = [((pw - b + 1) // 2, (right - b + 1) // 2) for b in range(2)]
 
     def shapes(r):
-        return [(c, 2 * r + 2, wp), (4, c, r, wp), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
+        return [(c, 2 * r + 2, 2, tw + 1), (4, c, r, 2, tw + 1), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
     sizes = [math.prod(shape) for shape in shapes(band)]
     buf = work_buffer(xp, x.dtype, sum(sizes))
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -181,13 +184,16 @@ def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
         lo, hi = max(0, -top), min(2 * r + 2, h - top)
         padded[:, :lo] = 0
         padded[:, max(lo, hi):] = 0
-        if lo < hi:
-            padded[:, lo:hi, :pw] = 0
-            padded[:, lo:hi, right:] = 0
-            padded[:, lo:hi, pw:right] = x[:, top + lo:top + hi, :right - pw]
+        for b, (start, stop) in enumerate(parities):
+            if lo < hi:
+                part = padded[:, lo:hi, b]
+                part[..., :start] = 0
+                part[..., stop:] = 0
+                part[..., start:stop] = x[:, top + lo:top + hi, 2 * start + b - pw::2][..., :stop - start]
         _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
         for a in range(4):
-            _input_transform(xp, [rows[a][:, :, i:i + 2 * tw:2] for i in range(4)], v[a])
+            q = rows[a]
+            _input_transform(xp, [q[:, :, 0, :tw], q[:, :, 1, :tw], q[:, :, 0, 1:], q[:, :, 1, 1:]], v[a])
         yield t0, v, scratch
 
 
@@ -197,15 +203,19 @@ def winograd_conv(xp, x, u, pad, out):
     c = x.shape[0]
     k, oh, ow = out.shape
     group = u.shape[1]
-    bands = _winograd_bands(xp, x, pad, (oh, ow), lambda r, tw: [(4, 4, k, r, tw), (2, 4, k, r, tw)])
-    for t0, v, (m, s) in bands:
+    bands = _winograd_bands(xp, x, pad, (oh, ow),
+                            lambda r, tw: [(4, 4, k, r, tw), (2, 4, k, r, tw), (2, k, r, tw)])
+    for t0, v, (m, s, e) in bands:
         tiles = v.shape[3] * v.shape[4]
         xp.matmul(u, v.reshape(16, group, c // group, tiles), out=m.reshape(16, group, k // group, tiles))
         _output_transform(xp, m, s[0], s[1])
         for a in range(2):
+            # the output rows 2·t + a of the band, their even and odd columns computed apart, then interleaved
             count = min(v.shape[3], (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
             rows_a = out[:, 2 * t0 + a::2][:, :count]
-            _output_transform(xp, s[a][:, :, :count], rows_a[..., 0::2], rows_a[..., 1::2])
+            _output_transform(xp, s[a], e[0], e[1])
+            rows_a[..., 0::2] = e[0][:, :count]
+            rows_a[..., 1::2] = e[1][:, :count, :ow // 2]
 
 
 def winograd_weight_gradient(xp, x, dy, pad, group):

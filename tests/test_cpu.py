@@ -76,7 +76,8 @@ def temporaries():  # eight 4 MiB arrays alive together, then freed, as a pass's
 temporaries()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 temporaries()
-print(retain_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(retain_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}), faults)
 """
 
 

@@ -184,12 +184,11 @@ def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
         lo, hi = max(0, -top), min(2 * r + 2, h - top)
         padded[:, :lo] = 0
         padded[:, max(lo, hi):] = 0
-        for b, (start, stop) in enumerate(parities):
-            if lo < hi:
-                part = padded[:, lo:hi, b]
-                part[..., :start] = 0
-                part[..., stop:] = 0
-                part[..., start:stop] = x[:, top + lo:top + hi, 2 * start + b - pw::2][..., :stop - start]
+        for b, (start, stop) in enumerate(parities if lo < hi else ()):
+            part = padded[:, lo:hi, b]
+            part[..., :start] = 0
+            part[..., stop:] = 0
+            part[..., start:stop] = x[:, top + lo:top + hi, 2 * start + b - pw::2][..., :stop - start]
         _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
         for a in range(4):
             q = rows[a]

@@ -239,8 +239,7 @@ def _keys(xp, features):
     """int64 keys of float32 (N, H, W, C) features ordered as (value, −(h·W + w)): the high half is the
     value's bits made order-preserving as an int32 (−0 counted as +0, which ties with it), the low half
     2^32 − 1 − position."""
-    bits = (features + numpy.float32(0)).view(numpy.int32)  # −0 + 0 = +0
-    bits ^= (bits >> 31) & 0x7FFFFFFF
+    bits = _order_preserving((features + numpy.float32(0)).view(numpy.int32))  # −0 + 0 = +0
     keys = bits.astype(numpy.int64) << 32
     height, width = features.shape[1:3]
     keys |= (0xFFFFFFFF - xp.arange(height * width, dtype=numpy.int64)).reshape(1, height, width, 1)
@@ -249,9 +248,15 @@ def _keys(xp, features):
 
 def _unkey(keys):
     """(value, position) of ``_keys``' keys."""
-    bits = (keys >> 32).astype(numpy.int32)
-    bits ^= (bits >> 31) & 0x7FFFFFFF
+    bits = _order_preserving((keys >> 32).astype(numpy.int32))
     return bits.view(numpy.float32), 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+
+
+def _order_preserving(bits):
+    """float32 bit patterns (as int32, in place) flipped so that negative values order as ints do; the same
+    flip undoes itself."""
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    return bits
 
 
 def _distinct(xp, values):

@@ -11,9 +11,11 @@ import time
 import numpy
 
 from . import protoio
+from .backend import array_module
 from .blob import Blob
 from .errors import Error
 from .layers import REGISTRY, create_layer
+from .parallel import section
 
 _PHASE_NAMES = {"TRAIN": "TRAIN", "TEST": "TEST", 0: "TRAIN", 1: "TEST"}
 
@@ -324,8 +326,9 @@ class Net:
             self.blobs[name].reshape(value.shape)
             self.blobs[name].data[...] = value
         lo, hi = self._index(start, 0), self._index(end, len(self.layers) - 1)
-        for i in range(lo, hi + 1):
-            self._run_forward(i)
+        with section(array_module()):
+            for i in range(lo, hi + 1):
+                self._run_forward(i)
         self._fill_loss_diffs()
         names = list(self.outputs) + [b for b in (blobs or ()) if b not in self.outputs]
         return {name: self.blobs[name].data for name in names}
@@ -346,9 +349,10 @@ class Net:
                 raise Error(f"net '{self.name}' has no blob '{name}' (outputs: {', '.join(self.outputs)})")
             self.blobs[name].diff = value
         hi, lo = self._index(start, len(self.layers) - 1), self._index(end, 0)
-        for i in range(hi, lo - 1, -1):
-            if self._layer_need_backward[i]:
-                self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+        with section(array_module()):
+            for i in range(hi, lo - 1, -1):
+                if self._layer_need_backward[i]:
+                    self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
         names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
         return {name: self.blobs[name].diff for name in names}
 

@@ -102,7 +102,9 @@ def test_test_net_rois_are_independent_and_inputs_reshape(test_net):
     order = [2, 0]
     again = net.forward(data=image, rois=ROIS[order])
     for name, value in again.items():
-        numpy.testing.assert_allclose(value, out[name][order], rtol=1e-4, atol=1e-6, err_msg=name)
+        # equal up to float32 rounding: BLAS may sum a product's rows in another order for another row count
+        scale = max(1.0, float(numpy.abs(out[name]).max()))
+        numpy.testing.assert_allclose(value, out[name][order], rtol=1e-4, atol=1e-6 * scale, err_msg=name)
     smaller = image_blob(numpy.random.default_rng(3), (1, 3, 96, 112))
     rois = numpy.array([[0, 5, 5, 90, 60], [0, 0, 0, 111, 95], [0, 30, 30, 60, 50]], dtype=numpy.float32)
     again = net.forward(data=smaller, rois=rois)

@@ -3,6 +3,7 @@
 All may run in place (top = bottom): their backward passes read only what an in-place forward leaves.
 """
 from .. import backend
+from ..parallel import elementwise
 from . import register
 from .base import Layer
 
@@ -23,19 +24,22 @@ class ReLU(_Elementwise):
         self.slope = float(self.param.relu_param.negative_slope)
 
     def forward(self, bottom, top):
-        x, y = bottom[0].data, top[0].data
         xp = self.xp(bottom[0])
-        if self.slope:
-            xp.multiply(x, xp.where(x > 0, 1, self.slope).astype(x.dtype), out=y)
-        else:
-            xp.maximum(x, 0, out=y)
+
+        def relu(x, y):
+            if self.slope:
+                xp.multiply(x, xp.where(x > 0, 1, self.slope).astype(x.dtype), out=y)
+            else:
+                xp.maximum(x, 0, out=y)
+        elementwise(xp, relu, bottom[0].data, top[0].data)
 
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
-            y, dy = top[0].data, top[0].diff
             xp = self.xp(top[0])
-            scale = xp.where(y > 0, 1, self.slope).astype(dy.dtype) if self.slope else y > 0
-            xp.multiply(dy, scale, out=bottom[0].diff)
+
+            def relu_gradient(y, dy, dx):
+                xp.multiply(dy, xp.where(y > 0, 1, self.slope).astype(dy.dtype) if self.slope else y > 0, out=dx)
+            elementwise(xp, relu_gradient, top[0].data, top[0].diff, bottom[0].diff)
 
 
 @register("Sigmoid")

@@ -5,8 +5,10 @@ product of the weights (num_output/group, C/group·kh·kw) with the image's colu
 1×1 stride-1 unpadded convolutions multiply the image itself. im2col copies, for each kernel offset, the
 strided slice of the bottom that the offset samples straight into the columns (zeros where it falls in the
 padding, so no padded copy of the image is made). The columns live in one work buffer shared by the
-layers of a thread, filled a band of output rows at a time so that it stays within ``COLUMN_BUDGET``
-elements (a band keeps at least ``MIN_BAND_COLUMNS`` columns: BLAS is slow on narrow products). Backward
+layers of a thread, filled a band of output rows at a time; the bands of all images are shared among the
+CPU's threads (``fastrcnn.parallel``), a band per thread at least, and each thread's columns stay within its
+share of ``COLUMN_BUDGET`` elements (a band keeps at least ``MIN_BAND_COLUMNS`` columns per thread: BLAS is
+slow on narrow products). Backward
 rebuilds the columns (as Caffe does) for the weight gradient and scatters the column gradient back with one
 strided slice per kernel offset (col2im).
 
@@ -16,14 +18,17 @@ and Gray, "Fast algorithms for convolutional neural networks", 2016) instead, fo
 transformed top gradient times the transformed input tiles, summed over tiles): each 4×4 input tile and 3×3
 kernel is transformed (Bᵀ d B, G g Gᵀ), the 16 transformed positions are 16 matrix products of (num_output,
 C) by (C, tiles), and Aᵀ m A gives each 2×2 output tile: 2.25× fewer multiply-adds than im2col, at the cost of
-element-wise transforms that only pay from ``WINOGRAD_MIN_CHANNELS`` channels on. ``engine: CAFFE`` keeps
+element-wise transforms that only pay from ``WINOGRAD_MIN_CHANNELS`` channels on; its bands of tile rows are
+shared among the threads as well. ``engine: CAFFE`` keeps
 im2col (Caffe's own arithmetic) for a layer.
 """
+import itertools
 import math
 import threading
 
 import numpy
 
+from ..parallel import in_parallel, threads
 from . import register
 from .activation import canonical_axis
 from .base import Layer
@@ -158,90 +163,108 @@ def _gradient_transform(xp, d0, d1, out):
     xp.negative(d1, out=out[3])
 
 
-def _winograd_bands(xp, x, pad, out_size, scratch_shapes):
-    """For each band of tile rows of an (OH, OW) output: (t0, its first tile row; v (4, 4, C, rows, TW), Bᵀ d B
-    of its 4×4 input tiles of ``x`` (C, H, W) zero-padded by ``pad``; scratch arrays of the shapes
-    ``scratch_shapes(rows, TW)``), all in the shared work buffer. The band's padded input is stored with its
+def winograd_bands(out_size, parts=1):
+    """(first tile row, tile rows) of the bands of 2×2 tiles covering an (OH, OW) output: at most
+    ``WINOGRAD_BAND_TILES`` tiles each (one tile row at least), and ``parts`` bands or more where the tile
+    rows allow (one per thread)."""
+    th, tw = -(-out_size[0] // 2), -(-out_size[1] // 2)
+    rows = max(1, min(WINOGRAD_BAND_TILES // tw, -(-th // parts)))
+    return [(t0, min(rows, th - t0)) for t0 in range(0, th, rows)]
+
+
+def _winograd_input(xp, x, pad, out_size, band, scratch_shapes):
+    """(v, scratch) for one band of winograd_bands: v (4, 4, C, rows, TW) holds Bᵀ d B of the band's 4×4
+    input tiles of ``x`` (C, H, W) zero-padded by ``pad``, and the scratch arrays have the shapes
+    ``scratch_shapes(rows, TW)``, all in this thread's work buffer. The band's padded input is stored with its
     even and odd columns apart, (C, rows, 2, TW + 1), so that the column pass reads contiguous slices."""
     c, h, w = x.shape
     ph, pw = pad
-    th, tw = -(-out_size[0] // 2), -(-out_size[1] // 2)
-    band = max(1, min(th, WINOGRAD_BAND_TILES // tw))
+    t0, r = band
+    tw = -(-out_size[1] // 2)
     right = min(2 * tw + 2, w + pw)  # the padded column after the last input column
-    # per column parity b: the padded columns 2t + b holding input, t in [start, stop), from input column 2t + b − pw
-    parities = [((pw - b + 1) // 2, (right - b + 1) // 2) for b in range(2)]
-
-    def shapes(r):
-        return [(c, 2 * r + 2, 2, tw + 1), (4, c, r, 2, tw + 1), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
-    sizes = [math.prod(shape) for shape in shapes(band)]
+    shapes = [(c, 2 * r + 2, 2, tw + 1), (4, c, r, 2, tw + 1), (4, 4, c, r, tw)] + scratch_shapes(r, tw)
+    sizes = [math.prod(shape) for shape in shapes]
     buf = work_buffer(xp, x.dtype, sum(sizes))
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    for t0 in range(0, th, band):
-        r = min(band, th - t0)
-        padded, rows, v, *scratch = (buf[i:i + math.prod(shape)].reshape(shape)
-                                     for i, shape in zip(starts, shapes(r)))
-        top = 2 * t0 - ph  # the input row of the band's first padded row
-        lo, hi = max(0, -top), min(2 * r + 2, h - top)
-        padded[:, :lo] = 0
-        padded[:, max(lo, hi):] = 0
-        for b, (start, stop) in enumerate(parities if lo < hi else ()):
-            part = padded[:, lo:hi, b]
-            part[..., :start] = 0
-            part[..., stop:] = 0
-            part[..., start:stop] = x[:, top + lo:top + hi, 2 * start + b - pw::2][..., :stop - start]
-        _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
-        for a in range(4):
-            q = rows[a]
-            _input_transform(xp, [q[:, :, 0, :tw], q[:, :, 1, :tw], q[:, :, 0, 1:], q[:, :, 1, 1:]], v[a])
-        yield t0, v, scratch
+    padded, rows, v, *scratch = (buf[start:start + size].reshape(shape) for start, size, shape in
+                                 zip(itertools.accumulate([0] + sizes), sizes, shapes))
+    top = 2 * t0 - ph  # the input row of the band's first padded row
+    lo, hi = max(0, -top), min(2 * r + 2, h - top)
+    padded[:, :lo] = 0
+    padded[:, max(lo, hi):] = 0
+    for b in range(2) if lo < hi else ():
+        # the padded columns 2t + b holding input, t in [start, stop), from input column 2t + b − pw
+        start, stop = (pw - b + 1) // 2, (right - b + 1) // 2
+        part = padded[:, lo:hi, b]
+        part[..., :start] = 0
+        part[..., stop:] = 0
+        part[..., start:stop] = x[:, top + lo:top + hi, 2 * start + b - pw::2][..., :stop - start]
+    _input_transform(xp, [padded[:, i:i + 2 * r:2] for i in range(4)], rows)
+    for a in range(4):
+        q = rows[a]
+        _input_transform(xp, [q[:, :, 0, :tw], q[:, :, 1, :tw], q[:, :, 0, 1:], q[:, :, 1, 1:]], v[a])
+    return v, scratch
 
 
-def winograd_conv(xp, x, u, pad, out):
-    """``out`` (K, OH, OW) = the stride-1 3×3 cross-correlation of ``x`` (C, H, W) zero-padded by ``pad`` =
-    (ph, pw) with the kernels ``u`` of winograd_kernels, a band of tile rows at a time."""
-    c = x.shape[0]
-    k, oh, ow = out.shape
+def winograd_conv(xp, x, u, pad, out, bias=None):
+    """``out`` (N, K, OH, OW) = the stride-1 3×3 cross-correlation of ``x`` (N, C, H, W) zero-padded by
+    ``pad`` = (ph, pw) with the kernels ``u`` of winograd_kernels, plus ``bias`` (K,) if given; the bands of
+    tile rows of every image run in parallel."""
+    c = x.shape[1]
+    k, oh, ow = out.shape[1:]
     group = u.shape[1]
-    bands = _winograd_bands(xp, x, pad, (oh, ow),
-                            lambda r, tw: [(4, 4, k, r, tw), (2, 4, k, r, tw), (2, k, r, tw)])
-    for t0, v, (m, s, e) in bands:
-        tiles = v.shape[3] * v.shape[4]
-        xp.matmul(u, v.reshape(16, group, c // group, tiles), out=m.reshape(16, group, k // group, tiles))
-        _output_transform(xp, m, s[0], s[1])
-        for a in range(2):
-            # the output rows 2·t + a of the band, their even and odd columns computed apart, then interleaved
-            count = min(v.shape[3], (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
-            rows_a = out[:, 2 * t0 + a::2][:, :count]
-            _output_transform(xp, s[a], e[0], e[1])
-            rows_a[..., 0::2] = e[0][:, :count]
-            rows_a[..., 1::2] = e[1][:, :count, :ow // 2]
+
+    def scratch(r, tw):
+        return [(4, 4, k, r, tw), (2, 4, k, r, tw), (2, k, r, tw)]
+
+    def run(share):
+        for n, (t0, r) in share:
+            v, (m, s, e) = _winograd_input(xp, x[n], pad, (oh, ow), (t0, r), scratch)
+            xp.matmul(u, v.reshape(16, group, c // group, -1), out=m.reshape(16, group, k // group, -1))
+            _output_transform(xp, m, s[0], s[1])
+            for a in range(2):
+                # the output rows 2·t + a of the band, their even and odd columns computed apart, then interleaved
+                count = min(r, (oh - a - 2 * t0 + 1) // 2)  # tile rows whose output row a lies inside
+                rows_a = out[n, :, 2 * t0 + a::2][:, :count]
+                _output_transform(xp, s[a], e[0], e[1])
+                rows_a[..., 0::2] = e[0][:, :count]
+                rows_a[..., 1::2] = e[1][:, :count, :ow // 2]
+            if bias is not None:
+                out[n, :, 2 * t0:2 * (t0 + r)] += bias[:, None, None]
+    bands = winograd_bands((oh, ow), threads(xp))
+    in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in bands])
 
 
 def winograd_weight_gradient(xp, x, dy, pad, group):
-    """The gradient of winograd_conv(x, u, pad) with respect to u, for the top gradient ``dy`` (K, OH, OW), as
-    (16, group, C/group, K/group): per transformed position, the sum over tiles of (A dy Aᵀ) times (Bᵀ d B),
+    """The gradient of winograd_conv(x, u, pad) with respect to u, for the top gradient ``dy`` (N, K, OH, OW),
+    as (16, group, C/group, K/group): per transformed position, the sum over tiles of (A dy Aᵀ) times (Bᵀ d B),
     16 products (C, tiles)·(tiles, K). (G ⊗ G)ᵀ maps it to the 3×3 kernels' gradient."""
-    c = x.shape[0]
-    k, oh, ow = dy.shape
-    total = None
-    bands = _winograd_bands(xp, x, pad, (oh, ow),
-                            lambda r, tw: [(k, 2 * r, 2 * tw), (4, k, r, 2 * tw), (4, 4, k, r, tw)])
-    for t0, v, (tiles, rows, z) in bands:
-        r, tw = v.shape[3:]
-        block = dy[:, 2 * t0:2 * (t0 + r)]  # the band's top gradient, zero-padded to whole 2×2 tiles
-        tiles[:, :block.shape[1], :ow] = block
-        tiles[:, block.shape[1]:] = 0
-        tiles[:, :, ow:] = 0
-        _gradient_transform(xp, tiles[:, 0::2], tiles[:, 1::2], rows)
-        for a in range(4):
-            _gradient_transform(xp, rows[a][..., 0::2], rows[a][..., 1::2], z[a])
-        product = xp.matmul(v.reshape(16, group, c // group, r * tw),
-                            z.reshape(16, group, k // group, r * tw).swapaxes(2, 3))
-        if total is None:
-            total = product
-        else:
-            total += product
-    return total
+    c = x.shape[1]
+    k, oh, ow = dy.shape[1:]
+
+    def scratch(r, tw):
+        return [(k, 2 * r, 2 * tw), (4, k, r, 2 * tw), (4, 4, k, r, tw)]
+
+    def run(share):
+        total = None
+        for n, (t0, r) in share:
+            v, (tiles, rows, z) = _winograd_input(xp, x[n], pad, (oh, ow), (t0, r), scratch)
+            tw = v.shape[4]
+            block = dy[n, :, 2 * t0:2 * (t0 + r)]  # the band's top gradient, zero-padded to whole 2×2 tiles
+            tiles[:, :block.shape[1], :ow] = block
+            tiles[:, block.shape[1]:] = 0
+            tiles[:, :, ow:] = 0
+            _gradient_transform(xp, tiles[:, 0::2], tiles[:, 1::2], rows)
+            for a in range(4):
+                _gradient_transform(xp, rows[a][..., 0::2], rows[a][..., 1::2], z[a])
+            product = xp.matmul(v.reshape(16, group, c // group, r * tw),
+                                z.reshape(16, group, k // group, r * tw).swapaxes(2, 3))
+            if total is None:
+                total = product
+            else:
+                total += product
+        return total
+    bands = winograd_bands((oh, ow), threads(xp))
+    return sum(in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in bands]))
 
 
 @register("Convolution")
@@ -301,11 +324,13 @@ class Convolution(Layer):
             out.append(o)
         self.out = tuple(out)
         top[0].reshape(n, self.num_output, *self.out)
-        if self._geometry != (c, h, w):
-            self._geometry = (c, h, w)
+        workers = threads(self.xp(bottom[0]))
+        if self._geometry != (c, h, w, workers):
+            self._geometry = (c, h, w, workers)
+            # a band per thread at least; each thread's columns within its share of the budget
             per_row = c * self.kernel[0] * self.kernel[1] * self.out[1]
-            rows = max(COLUMN_BUDGET // per_row, -(-MIN_BAND_COLUMNS // self.out[1]), 1)
-            count = 1 if self.direct else -(-self.out[0] // rows)
+            rows = max(COLUMN_BUDGET // (workers * per_row), -(-MIN_BAND_COLUMNS // (workers * self.out[1])), 1)
+            count = max(1 if self.direct else -(-self.out[0] // rows), min(workers, self.out[0]))
             rows = -(-self.out[0] // count)  # bands of equal height: no narrow last product
             self._bands = [(r, min(r + rows, self.out[0])) for r in range(0, self.out[0], rows)]
             self._col_ranges = offset_ranges(w, self.kernel[1], self.stride[1], self.pad[1], self.out[1],
@@ -329,7 +354,7 @@ class Convolution(Layer):
     def _columns(self, xp, image, band):
         """The (group, C/group·kh·kw, rows·OW) columns of output rows ``band`` of one (C, H, W) image."""
         if self.direct:
-            return image.reshape(self.group, -1, image.shape[1] * image.shape[2])
+            return self._band_view(image, band)
         col = self._band_buffer(xp, image.dtype, band)
         for i, j, ro, co, ri, ci in self._offsets(band, image.shape[1]):
             dst = col[:, i, j]
@@ -365,17 +390,19 @@ class Convolution(Layer):
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
+        bias = self.blobs[1].data if self.bias_term else None
         if self._winograd(xp):
-            u = winograd_kernels(xp, self.blobs[0].data, self.group)
-            for n in range(x.shape[0]):
-                winograd_conv(xp, x[n], u, self.pad, y[n])
-        else:
-            weights = self._weights()
-            for n in range(x.shape[0]):
-                for band in self._bands:
-                    xp.matmul(weights, self._columns(xp, x[n], band), out=self._band_view(y[n], band))
-        if self.bias_term:
-            y += self.blobs[1].data.reshape(1, -1, 1, 1)
+            winograd_conv(xp, x, winograd_kernels(xp, self.blobs[0].data, self.group), self.pad, y, bias)
+            return
+        weights = self._weights()
+
+        def run(share):
+            for n, band in share:
+                out = self._band_view(y[n], band)
+                xp.matmul(weights, self._columns(xp, x[n], band), out=out)
+                if bias is not None:
+                    out += bias.reshape(self.group, -1, 1)
+        in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in self._bands])
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp(bottom[0])
@@ -390,7 +417,7 @@ class Convolution(Layer):
         dx = bottom[0].diff if propagate_down[0] else None
         if need_weight and self._winograd(xp):
             # u = (G ⊗ G) g for each kernel, so g's gradient is (G ⊗ G)ᵀ times u's
-            du = sum(winograd_weight_gradient(xp, x[n], dy[n], self.pad, self.group) for n in range(x.shape[0]))
+            du = winograd_weight_gradient(xp, x, dy, self.pad, self.group)
             transform = xp.asarray(_KERNEL_TRANSFORMS[False], dtype=du.dtype)
             du = du.swapaxes(2, 3).reshape(16, -1)
             self.blobs[0].diff += xp.matmul(du.T, transform).reshape(self.blobs[0].diff.shape)
@@ -398,26 +425,40 @@ class Convolution(Layer):
         if dx is not None and self._winograd(xp):
             # the bottom gradient is the full correlation of dy with the flipped kernels: pad 2 − pad
             u = winograd_kernels(xp, self.blobs[0].data, self.group, flipped=True)
-            for n in range(x.shape[0]):
-                winograd_conv(xp, dy[n], u, (2 - self.pad[0], 2 - self.pad[1]), dx[n])
+            winograd_conv(xp, dy, u, (2 - self.pad[0], 2 - self.pad[1]), dx)
             dx = None
         if not (need_weight or dx is not None):
             return
         if dx is not None and not self.direct:
             dx[...] = 0
-        for n in range(x.shape[0]):
-            for band in self._bands:
-                dy_band = self._band_view(dy[n], band)
-                if need_weight:
-                    # (columns · dyᵀ)ᵀ: BLAS is several times slower on dy · columnsᵀ, whose long axis is
-                    # the reduction of a transposed operand
-                    product = xp.matmul(self._columns(xp, x[n], band), dy_band.transpose(0, 2, 1))
-                    weight_diff += product.transpose(0, 2, 1)
-                if dx is None:
-                    continue
-                if self.direct:
-                    xp.matmul(weights.transpose(0, 2, 1), dy_band, out=self._band_view(dx[n], band))
-                    continue
-                col = self._band_buffer(xp, x.dtype, band)
-                xp.matmul(weights.transpose(0, 2, 1), dy_band, out=col.reshape(self.group, -1, dy_band.shape[2]))
-                self._col2im(col, dx[n], band)
+
+        def run(share):
+            total = None  # this share's weight gradient, as (group, C/group·kh·kw, num_output/group)
+            for n, bands in share:
+                for band in bands:
+                    dy_band = self._band_view(dy[n], band)
+                    if need_weight:
+                        # columns · dyᵀ: BLAS is several times slower on dy · columnsᵀ, whose long axis is
+                        # the reduction of a transposed operand
+                        product = xp.matmul(self._columns(xp, x[n], band), dy_band.transpose(0, 2, 1))
+                        if total is None:
+                            total = product
+                        else:
+                            total += product
+                    if dx is None:
+                        continue
+                    if self.direct:
+                        xp.matmul(weights.transpose(0, 2, 1), dy_band, out=self._band_view(dx[n], band))
+                        continue
+                    col = self._band_buffer(xp, x.dtype, band)
+                    xp.matmul(weights.transpose(0, 2, 1), dy_band,
+                              out=col.reshape(self.group, -1, dy_band.shape[2]))
+                    self._col2im(col, dx[n], band)
+            return total
+        # the col2im of neighbouring bands overlap: then an image's bands stay in one share
+        whole = dx is not None and not self.direct
+        pieces = ([(n, self._bands) for n in range(x.shape[0])] if whole else
+                  [(n, [band]) for n in range(x.shape[0]) for band in self._bands])
+        for total in in_parallel(xp, run, pieces):
+            if total is not None:
+                weight_diff += total.transpose(0, 2, 1)

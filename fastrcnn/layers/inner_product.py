@@ -3,19 +3,23 @@
 The bottom is flattened from ``axis`` into K inputs; W is (num_output, K), or (K, num_output) with
 ``transpose``. Both fillers default to constant 0 (Caffe).
 
-Each pass is one matrix product, the bias added in place; the weight gradient is accumulated a block of rows
-at a time, with no temporary the size of W.
+Each pass is one matrix product, its rows shared among the CPU's threads, the bias added in place; the weight
+gradient is accumulated a block of rows at a time, with no temporary the size of W.
 """
 import math
 
-from ..blob import Blob
+from ..parallel import in_parallel, split, threads
 from . import register
 from .activation import canonical_axis
 from .base import Layer
+from .conv import work_buffer
 
 #: Elements of the work buffer that weight gradients are accumulated through (a block of rows at a time,
 #: so that fc6's 4096 × 25088 gradient needs no second full-size array).
 _BLOCK = 1 << 22
+#: The fewest rows a thread's share of a product has (fewer would run as BLAS's matrix-vector product, whose
+#: sums round differently: a row's result would depend on how many rows came with it).
+_ROWS = 32
 
 
 @register("InnerProduct")
@@ -36,7 +40,6 @@ class InnerProduct(Layer):
             if self.bias_term:
                 shapes.append(("bias_filler", (self.num_output,)))
             self.blobs = [self.filled_blob(getattr(p, field), s, dtype, field) for field, s in shapes]
-        self._block = Blob((), dtype)
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -60,10 +63,8 @@ class InnerProduct(Layer):
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         weight = self.blobs[0].data
-        y = self._matrices(top[0], "data")
-        xp.matmul(self._matrices(bottom[0], "data"), weight if self.transpose else weight.T, out=y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        _product(xp, self._matrices(bottom[0], "data"), weight if self.transpose else weight.T,
+                 self._matrices(top[0], "data"), self.blobs[1].data if self.bias_term else None)
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp(bottom[0])
@@ -72,21 +73,30 @@ class InnerProduct(Layer):
             self.blobs[1].diff += dy.sum(axis=0)
         if self.param_propagate_down[0]:
             x = self._matrices(bottom[0], "data")
-            if self.transpose:
-                self._accumulate_product(xp, x.T, dy, self.blobs[0].diff)
-            else:
-                self._accumulate_product(xp, dy.T, x, self.blobs[0].diff)
+            a, b = (x.T, dy) if self.transpose else (dy.T, x)
+            _accumulate_product(xp, a, b, self.blobs[0].diff)
         if propagate_down[0]:
             weight = self.blobs[0].data
-            xp.matmul(dy, weight.T if self.transpose else weight, out=self._matrices(bottom[0], "diff"))
+            _product(xp, dy, weight.T if self.transpose else weight, self._matrices(bottom[0], "diff"))
 
-    def _accumulate_product(self, xp, a, b, out):
-        """out += a @ b, a block of rows at a time through one buffer. (BLAS's beta = 1 through SciPy would
-        save the adds, but SciPy brings its own OpenBLAS, whose threads then compete with NumPy's.)"""
-        rows = max(1, min(out.shape[0], _BLOCK // max(out.shape[1], 1)))
-        self._block.reshape(rows, out.shape[1])
-        for start in range(0, out.shape[0], rows):
-            stop = min(start + rows, out.shape[0])
-            block = self._block.data[:stop - start]
+
+def _product(xp, a, b, out, bias=None):
+    """out = a @ b (+ bias), the rows shared among the threads."""
+    def run(share):
+        for start, stop in share:
+            xp.matmul(a[start:stop], b, out=out[start:stop])
+            if bias is not None:
+                out[start:stop] += bias
+    in_parallel(xp, run, split(a.shape[0], threads(xp), _ROWS))
+
+
+def _accumulate_product(xp, a, b, out):
+    """out += a @ b, a block of rows at a time through each thread's work buffer. (BLAS's beta = 1 through
+    SciPy would save the adds, but SciPy brings its own OpenBLAS, whose threads then compete with NumPy's.)"""
+    def run(share):
+        for start, stop in share:
+            block = work_buffer(xp, out.dtype, (stop - start) * out.shape[1]).reshape(stop - start, -1)
             xp.matmul(a[start:stop], b, out=block)
             out[start:stop] += block
+    rows = max(1, _BLOCK // max(out.shape[1], 1))
+    in_parallel(xp, run, [(start, min(start + rows, out.shape[0])) for start in range(0, out.shape[0], rows)])

@@ -2,6 +2,7 @@
 import math
 
 from ..blob import Blob
+from ..parallel import in_parallel, planes
 from ..proto import caffe_pb2
 from . import register
 from .activation import canonical_axis
@@ -52,14 +53,25 @@ class LRN(Layer):
         top[0].reshape(shape)
         self._scale.reshape(shape)
 
+    def _pieces(self, xp, shape):
+        """Index tuples of parts of the (N, C, H, W) arrays that can be normalised apart: ranges of rows across
+        channels, ranges of channels within them."""
+        axis = 2 if self.axes == (1,) else 1
+        return [(slice(n, n + 1),) + along(axis, start, stop)[1:] for n, start, stop in planes(xp, shape, axis)]
+
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y, scale = bottom[0].data, top[0].data, self._scale.data
-        _window_sum(xp, x * x, self.size, self.axes, out=scale)
-        scale *= self.norm
-        scale += self.k
-        xp.power(scale, -self.beta, out=y)
-        y *= x
+
+        def run(share):
+            for i in share:
+                xi, yi, si = x[i], y[i], scale[i]
+                _window_sum(xp, xi * xi, self.size, self.axes, out=si)
+                si *= self.norm
+                si += self.k
+                xp.power(si, -self.beta, out=yi)
+                yi *= xi
+        in_parallel(xp, run, self._pieces(xp, x.shape))
 
     def backward(self, top, propagate_down, bottom):
         """dx = dy · scale^(−beta) − 2·beta·norm · x · Σ_{windows holding x} dy·y/scale (the window is
@@ -67,16 +79,19 @@ class LRN(Layer):
         if not propagate_down[0]:
             return
         xp = self.xp(bottom[0])
-        x, y, dy, scale = bottom[0].data, top[0].data, top[0].diff, self._scale.data
-        ratio = dy * y
-        ratio /= scale
-        dx = bottom[0].diff
-        _window_sum(xp, ratio, self.size, self.axes, out=dx)
-        dx *= x
-        dx *= -2 * self.beta * self.norm
-        xp.power(scale, -self.beta, out=ratio)
-        ratio *= dy
-        dx += ratio
+        x, y, dy, scale, dx = bottom[0].data, top[0].data, top[0].diff, self._scale.data, bottom[0].diff
+
+        def run(share):
+            for i in share:
+                ratio = dy[i] * y[i]
+                ratio /= scale[i]
+                _window_sum(xp, ratio, self.size, self.axes, out=dx[i])
+                dx[i] *= x[i]
+                dx[i] *= -2 * self.beta * self.norm
+                xp.power(scale[i], -self.beta, out=ratio)
+                ratio *= dy[i]
+                dx[i] += ratio
+        in_parallel(xp, run, self._pieces(xp, x.shape))
 
 
 def _channels(blob):

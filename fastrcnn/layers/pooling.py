@@ -10,13 +10,14 @@ touches the outputs whose window cell at that offset lies inside the bottom (a s
 padding needs no bordered copy. The forward pass is separable, the rows of each window first and then its
 columns (kh + kw whole-array operations, the first ones on contiguous rows). The MAX argmax is needed only by
 backward and by the optional mask top: backward recomputes it from the bottom, so inference never pays for it.
+Both passes work on ranges of channels of each image, shared among the CPU's threads (``fastrcnn.parallel``).
 """
 import math
 
 import numpy
 
 from ..backend import scatter_add
-from ..blob import Blob
+from ..parallel import in_parallel, planes
 from ..proto import caffe_pb2
 from . import register
 from .base import Layer
@@ -65,8 +66,6 @@ class Pooling(Layer):
                 if pad >= k:
                     raise self.error(f"pad_{axis} {pad} must be smaller than kernel_{axis} {k}")
         self.ceil = p.round_mode == _P.CEIL
-        dtype = bottom[0].dtype
-        self._best = Blob((), dtype)  # the argmax pass's maximum
         self._geometry = None
 
     def reshape(self, bottom, top):
@@ -123,18 +122,22 @@ class Pooling(Layer):
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
-        self._pool(xp, x, y)
-        if not self.max:
-            y /= self.divisor
-        elif len(top) == 2:
+
+        def run(share):
+            for n, start, stop in share:
+                part = y[n:n + 1, start:stop]
+                self._pool(xp, x[n:n + 1, start:stop], part)
+                if not self.max:
+                    part /= self.divisor
+        in_parallel(xp, run, planes(xp, x.shape, 1))
+        if len(top) == 2:
             top[1].data[...] = self._argmax(xp, x)
 
     def _window_offsets(self, xp, x):
         """Each window's kernel offset (row-major index) holding its first maximum, recomputed from the bottom:
         the maximum first, then the offsets in reverse order each claim the outputs whose maximum they hold, so
         the first offset in row-major order that holds it is the one left (int8 where the kernel allows)."""
-        self._best.reshape(x.shape[:2] + self.out)
-        best = self._best.data
+        best = xp.empty(x.shape[:2] + self.out, x.dtype)
         self._pool(xp, x, best)
         dtype = numpy.int8 if self.kernel[0] * self.kernel[1] <= 127 else numpy.int32
         arg = xp.zeros(best.shape, dtype)
@@ -158,19 +161,22 @@ class Pooling(Layer):
         if not propagate_down[0]:
             return
         xp = self.xp(bottom[0])
-        dx, dy = bottom[0].diff, top[0].diff
-        if self.max:
-            # each top diff goes to its window's first maximum; overlapping windows add up
-            n, c, h, w = dx.shape
-            index = self._argmax(xp, bottom[0].data)
-            index = index + (xp.arange(n * c, dtype=index.dtype) * (h * w)).reshape(n, c, 1, 1)
-            dx[...] = 0
-            scatter_add(dx.reshape(-1), index.reshape(-1), dy.reshape(-1))
-            return
-        dx[...] = 0
-        share = dy / self.divisor
-        for _, ro, co, ri, ci in self._offsets():
-            dx[..., ri, ci] += share[..., ro, co]
+        x, dx, dy = bottom[0].data, bottom[0].diff, top[0].diff
+
+        def run(share):
+            for n, start, stop in share:
+                d, g = dx[n, start:stop], dy[n, start:stop]
+                d[...] = 0
+                if self.max:
+                    # each top diff goes to its window's first maximum; overlapping windows add up
+                    index = self._argmax(xp, x[n:n + 1, start:stop])[0]
+                    index = index + (xp.arange(stop - start, dtype=index.dtype) * d[0].size).reshape(-1, 1, 1)
+                    scatter_add(d.reshape(-1), index.reshape(-1), g.reshape(-1))
+                    continue
+                spread = g / self.divisor
+                for _, ro, co, ri, ci in self._offsets():
+                    d[..., ri, ci] += spread[..., ro, co]
+        in_parallel(xp, run, planes(xp, x.shape, 1))
 
 
 def _reduce(op, src, dst, ranges, axis, fill):

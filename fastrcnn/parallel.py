@@ -31,6 +31,15 @@ _lock = threading.Lock()
 _local = threading.local()
 
 
+def _forget_threads():
+    """In a forked child: the parent's pool threads do not exist there, nor does its section."""
+    _state.update(pool=None, size=0, section=0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads)
+
+
 def _loaded_openblas(maps_path="/proc/self/maps"):
     """Paths of NumPy's OpenBLAS among the libraries mapped into this process: those inside NumPy's own
     installation, else the only OpenBLAS mapped. (Other packages, OpenCV's wheels among them, bring their own

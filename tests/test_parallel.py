@@ -1,5 +1,7 @@
 """fastrcnn.parallel: a layer's pieces run on every OpenBLAS thread at once, with OpenBLAS itself on one thread
 meanwhile, and give what one thread gives."""
+import multiprocessing
+import os
 import threading
 import time
 
@@ -105,6 +107,18 @@ def test_a_section_holds_openblas_on_one_thread_and_restores_it(blas_threads):
             assert BLAS[1]() == 1
             raise RuntimeError
     assert BLAS[1]() == 2
+
+
+@needs_blas
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_threads_of_its_own(blas_threads):
+    blas_threads(2)
+    parallel.in_parallel(numpy, lambda share: None, [0, 1])  # the parent's pool exists
+    child = multiprocessing.get_context("fork").Process(
+        target=parallel.in_parallel, args=(numpy, lambda share: share, [0, 1]))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
 
 
 @needs_blas

@@ -155,15 +155,27 @@ LAYERS = {
     "inner product": ('type: "InnerProduct" inner_product_param { num_output: 50 '
                       'weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" } }',
                       (130, 3, 7, 7)),
+    # RoI pooling with few bins for the map (the sparse table) and with many (the whole map per bin extent)
+    "roi pooling few": ('type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.25 }',
+                        (2, 64, 40, 50), 6),
+    "roi pooling many": ('type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.25 }',
+                         (1, 256, 24, 25), 800),
 }
+
+
+def roi_bottom(rng, count, shape):
+    """``count`` RoIs [batch, x1, y1, x2, y2] on the images of a (N, C, H, W) map at spatial scale 1/4."""
+    corners = rng.uniform(0, 4 * numpy.array(shape[:1:-1] * 2), (count, 4))
+    boxes = numpy.concatenate([corners[:, :2].clip(max=corners[:, 2:]), corners[:, 2:]], axis=1)
+    return numpy.column_stack([rng.integers(0, shape[0], count), boxes]).astype(numpy.float32)
 
 
 @needs_blas
 @pytest.mark.parametrize("name", LAYERS)
 def test_layers_in_parallel_match_one_thread(name, blas_threads, monkeypatch):
-    text, shape = LAYERS[name]
+    text, shape, *rois = LAYERS[name]
     rng = numpy.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(numpy.float32)
+    bottoms = [rng.standard_normal(shape).astype(numpy.float32)] + [roi_bottom(rng, n, shape) for n in rois]
     ran_on = set()
     share = parallel._as_share
 
@@ -175,9 +187,9 @@ def test_layers_in_parallel_match_one_thread(name, blas_threads, monkeypatch):
     for count in (1, 2):
         blas_threads(count)
         backend.set_random_seed(0)  # the same weights both times
-        layer, bottom, top = make_layer(text, [x], dtype=numpy.float32)
+        layer, bottom, top = make_layer(text, bottoms, dtype=numpy.float32)
         top[0].diff[...] = numpy.random.default_rng(2).standard_normal(top[0].shape)
-        layer.backward(top, [True], bottom)
+        layer.backward(top, [True] + [False] * len(rois), bottom)
         results.append([top[0].data.copy(), bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
         assert (len(ran_on) > 1) == (count == 2), ran_on
     for one, two in zip(*results):

@@ -8,12 +8,14 @@ some bin uses, the map of all eh × ew sliding-window maxima of the feature map 
 operations per extent), then reads every bin of that extent with one gather. The work is then proportional to
 the map size times the number of distinct bin extents, not to the total area of the RoIs. With few bins for
 the map (a training minibatch of 128 RoIs), each bin instead reads four entries of a 2-D sparse table (levels
-of 2^i × 2^j windows) and takes the larger, which avoids the whole-map pass per extent.
+of 2^i × 2^j windows) and takes the larger, which avoids the whole-map pass per extent. Both passes work on
+ranges of channels, shared among the CPU's threads (``fastrcnn.parallel``).
 """
 import numpy
 
 from ..backend import scatter_add
 from ..blob import Blob
+from ..parallel import GRAIN, in_parallel, split, threads
 from . import register
 from .base import Layer
 from .conv import along
@@ -156,57 +158,26 @@ class ROIPooling(Layer):
         self._pool(bottom, top[0].data.transpose(0, 2, 3, 1), with_argmax=self.phase == "TRAIN")
 
     def _pool(self, bottom, out, with_argmax):
-        """Fill ``out`` (R, ph, pw, C) with the bins' maxima and, ``with_argmax``, the argmax blob."""
+        """Fill ``out`` (R, ph, pw, C) with the bins' maxima and, ``with_argmax``, the argmax blob; ranges of
+        channels are shared among the CPU's threads."""
         xp = self.xp(bottom[0])
-        num, _, height, width = bottom[0].shape
-        argmax = self._argmax.data if with_argmax else None
+        num, channels, height, width = bottom[0].shape
         rois = bottom[1].data.reshape(-1, 5)
         batch, hstart, hend, wstart, wend = self._bins(xp, rois, height, width)
         self._check_batch(xp, batch, num)
         self._batch = batch
-        ext_h, ext_w = hend - hstart, wend - wstart  # (R, ph), (R, pw); empty where <= 0
+        # the sparse table's keys are made of float32 bits: other dtypes pool the whole map
+        bins = _Bins(xp, batch, hstart, wstart, hend - hstart, wend - wstart,
+                     num * height * width if bottom[0].dtype == numpy.float32 else 0)
+        argmax = self._argmax.data if with_argmax else None
 
-        features = xp.ascontiguousarray(bottom[0].data.transpose(0, 2, 3, 1))  # (N, H, W, C)
-
-        def store(roi, p, q, best):
-            out[roi, p, q] = best[0]
-            if with_argmax:
-                argmax[roi, p, q] = best[1]
-
-        widths = _distinct(xp, ext_w[ext_w > 0])
-        bins = int(((ext_h > 0).sum(axis=1) * (ext_w > 0).sum(axis=1)).sum())
-        if bins * features.shape[3] < features.size * len(widths) and features.dtype == numpy.float32:
-            # few bins (a training minibatch): each bin is the largest of four reads of a 2-D sparse table of
-            # 2^i × 2^j window maxima; with argmaxes the table holds keys ordered as (value, −position), so
-            # the largest key is the first maximum in row-major order
-            keys = _keys(xp, features) if with_argmax else features
-            along_w = _SlidingMax(xp, keys, None, axis=2)
-            log_h, log_w = _floor_log2(xp, ext_h), _floor_log2(xp, ext_w)
-            for jw in _distinct(xp, log_w[ext_w > 0]):
-                along_h = _SlidingMax(xp, along_w.level(jw)[0], None, axis=1)
-                in_jw = (log_w == jw) & (ext_w > 0)
-                for jh in _distinct(xp, log_h[(ext_h > 0) & in_jw.any(axis=1)[:, None]]):
-                    roi, p, q = xp.nonzero(((log_h == jh) & (ext_h > 0))[:, :, None] & in_jw[:, None, :])
-                    b, h0, w0 = batch[roi], hstart[roi, p], wstart[roi, q]
-                    h1, w1 = h0 + ext_h[roi, p] - (1 << jh), w0 + ext_w[roi, q] - (1 << jw)
-                    table = along_h.level(jh)[0]
-                    best = xp.maximum(xp.maximum(table[b, h0, w0], table[b, h1, w0]),
-                                      xp.maximum(table[b, h0, w1], table[b, h1, w1]))
-                    store(roi, p, q, _unkey(best) if with_argmax else (best, None))
-        else:  # many bins (test time): the whole map's maxima per bin extent, then one read per bin
-            flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
-            along_w = _SlidingMax(xp, features, xp.broadcast_to(flat, features.shape) if with_argmax else None,
-                                  axis=2)
-            for ew in widths:
-                along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
-                has_ew = (ext_w == ew).any(axis=1)
-                for eh in _distinct(xp, ext_h[(ext_h > 0) & has_ew[:, None]]):
-                    roi, p, q = xp.nonzero((ext_h == eh)[:, :, None] & (ext_w == ew)[:, None, :])
-                    store(roi, p, q, _part(*along_h.window(eh), (batch[roi], hstart[roi, p], wstart[roi, q])))
-        empty = xp.nonzero((ext_h <= 0)[:, :, None] | (ext_w <= 0)[:, None, :])
-        out[empty] = 0
+        def run(share):
+            for start, stop in share:
+                # (N, H, W, C') for this range of channels
+                features = xp.ascontiguousarray(bottom[0].data[:, start:stop].transpose(0, 2, 3, 1))
+                bins.pool(features, out[..., start:stop], None if argmax is None else argmax[..., start:stop])
+        in_parallel(xp, run, _channel_ranges(xp, bottom[0].shape))
         if with_argmax:
-            argmax[empty] = -1
             self._argmax_ready = True
 
     def _argmaxes(self, bottom):
@@ -223,11 +194,90 @@ class ROIPooling(Layer):
         xp = self.xp(bottom[0])
         channels, height, width = bottom[0].shape[1:]
         argmax = self._argmaxes(bottom)  # (R, ph, pw, C)
-        plane = (self._batch[:, None, None, None] * channels + xp.arange(channels)) * (height * width)
-        hit = argmax >= 0
-        diff = bottom[0].diff
-        diff[...] = 0
-        scatter_add(diff.reshape(-1), (plane + argmax)[hit], top[0].diff.transpose(0, 2, 3, 1)[hit])
+        diff, dy = bottom[0].diff, top[0].diff.transpose(0, 2, 3, 1)
+
+        def run(share):
+            for start, stop in share:
+                diff[:, start:stop] = 0
+                index = argmax[..., start:stop]
+                plane = (self._batch[:, None, None, None] * channels + xp.arange(start, stop)) * (height * width)
+                hit = index >= 0
+                scatter_add(diff.reshape(-1), (plane + index)[hit], dy[..., start:stop][hit])
+        in_parallel(xp, run, _channel_ranges(xp, bottom[0].shape))
+
+
+def _channel_ranges(xp, shape):
+    """[start, stop) ranges of the channels of (N, C, H, W) features, one per thread where the map is large
+    enough; each range pools every RoI."""
+    n, c, h, w = shape
+    return split(c, threads(xp), -(-GRAIN // max(1, n * h * w)))
+
+
+class _Bins:
+    """The non-empty bins of a set of RoIs in groups read alike, found once: batch (R,), first rows (R, ph) and
+    columns (R, pw), extents (R, ph) and (R, pw), empty where ≤ 0. ``pool`` then pools any range of channels.
+
+    With fewer bins than ``map_size`` (a map's N·H·W) times the distinct bin widths (a training minibatch),
+    each bin is the largest of four reads of a 2-D sparse table of 2^i × 2^j window maxima (with argmaxes the
+    table holds keys ordered as (value, −position), so that the largest key is the first maximum in row-major
+    order), and a group is the bins of one (⌊log2 ew⌋, ⌊log2 eh⌋). Otherwise (test time) a group is the bins
+    of one extent (ew, eh), read from the whole map's maxima of that extent.
+    """
+
+    def __init__(self, xp, batch, hstart, wstart, ext_h, ext_w, map_size):
+        count = int(((ext_h > 0).sum(axis=1) * (ext_w > 0).sum(axis=1)).sum())
+        self.xp = xp
+        self.sparse = sparse = count < map_size * len(_distinct(xp, ext_w[ext_w > 0]))
+        self.empty = xp.nonzero((ext_h <= 0)[:, :, None] | (ext_w <= 0)[:, None, :])
+        # the groups' keys: the extents, or their logarithms; −1 marks an empty row or column of bins
+        key_h, key_w = ((xp.where(e > 0, _floor_log2(xp, e) if sparse else e, -1)) for e in (ext_h, ext_w))
+        self.groups = []  # (key_w, [(key_h, (roi, p, q), the bins' corner reads)])
+        for kw in _distinct(xp, key_w[key_w >= 0]):
+            in_kw = key_w == kw
+            inner = []
+            for kh in _distinct(xp, key_h[(key_h >= 0) & in_kw.any(axis=1)[:, None]]):
+                roi, p, q = xp.nonzero((key_h == kh)[:, :, None] & in_kw[:, None, :])
+                b, h0, w0 = batch[roi], hstart[roi, p], wstart[roi, q]
+                if sparse:  # the rows and columns of the other two corners' level windows
+                    h1, w1 = h0 + ext_h[roi, p] - (1 << kh), w0 + ext_w[roi, q] - (1 << kw)
+                    reads = [(b, h0, w0), (b, h1, w0), (b, h0, w1), (b, h1, w1)]
+                else:
+                    reads = [(b, h0, w0)]
+                inner.append((kh, (roi, p, q), reads))
+            self.groups.append((kw, inner))
+
+    def pool(self, features, out, argmax):
+        """``out`` (R, ph, pw, C') = the bins' maxima of ``features`` (N, H, W, C'), and their positions h·W + w
+        in ``argmax`` unless it is None (−1 and 0 for empty bins)."""
+        xp = self.xp
+        if self.sparse:
+            keys = features if argmax is None else _keys(xp, features)
+            along_w = _SlidingMax(xp, keys, None, axis=2)
+            for jw, inner in self.groups:
+                along_h = _SlidingMax(xp, along_w.level(jw)[0], None, axis=1)
+                for jh, target, reads in inner:
+                    table = along_h.level(jh)[0]
+                    corners = [table[read] for read in reads]
+                    best = xp.maximum(xp.maximum(corners[0], corners[1]), xp.maximum(corners[2], corners[3]))
+                    _store(out, argmax, target, (best, None) if argmax is None else _unkey(best))
+        else:
+            height, width = features.shape[1:3]
+            flat = xp.arange(height * width, dtype=numpy.int32).reshape(1, height, width, 1)
+            along_w = _SlidingMax(xp, features, None if argmax is None else xp.broadcast_to(flat, features.shape),
+                                  axis=2)
+            for ew, inner in self.groups:
+                along_h = _SlidingMax(xp, *along_w.window(ew), axis=1)
+                for eh, target, (read,) in inner:
+                    _store(out, argmax, target, _part(*along_h.window(eh), read))
+        out[self.empty] = 0
+        if argmax is not None:
+            argmax[self.empty] = -1
+
+
+def _store(out, argmax, target, best):
+    out[target] = best[0]
+    if argmax is not None:
+        argmax[target] = best[1]
 
 
 def _floor_log2(xp, values):

@@ -161,6 +161,13 @@ def elementwise(xp, function, *arrays):
     in_parallel(xp, run, split(flat[0].size, threads(xp), GRAIN))
 
 
+def channel_ranges(xp, shape):
+    """[start, stop) ranges of axis 1 of an array of ``shape``, each spanning the other axes whole (for work
+    that reduces per channel), one per thread where the array is large enough."""
+    rest = math.prod(shape) // max(1, shape[1])
+    return split(shape[1], threads(xp), -(-GRAIN // max(1, rest)))
+
+
 def planes(xp, shape, axis):
     """Pieces (n, start, stop) of an (N, C, H, W) array: per image, ranges along ``axis`` (1 or 2), at least one
     per thread where the image is large enough."""

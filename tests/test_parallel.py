@@ -155,6 +155,9 @@ LAYERS = {
     "inner product": ('type: "InnerProduct" inner_product_param { num_output: 50 '
                       'weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "gaussian" } }',
                       (130, 3, 7, 7)),
+    "batch norm": ('type: "BatchNorm"', (2, 32, 60, 70)),
+    "scale": ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } '
+              'bias_filler { type: "gaussian" } }', (2, 32, 60, 70)),
     # RoI pooling with few bins for the map (the sparse table) and with many (the whole map per bin extent)
     "roi pooling few": ('type: "ROIPooling" roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.25 }',
                         (2, 64, 40, 50), 6),

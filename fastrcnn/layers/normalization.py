@@ -2,7 +2,7 @@
 import math
 
 from ..blob import Blob
-from ..parallel import in_parallel, planes
+from ..parallel import channel_ranges, in_parallel, planes
 from ..proto import caffe_pb2
 from . import register
 from .activation import canonical_axis
@@ -160,26 +160,36 @@ class BatchNorm(Layer):
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = self._view(bottom[0].data, bottom[0]), self._view(top[0].data, top[0])
+        m = x.size // x.shape[1]
         if self.use_global:
             count = self.blobs[2].data
             factor = (count != 0) / xp.where(count == 0, 1, count)
             mean, var = self.blobs[0].data * factor, self.blobs[1].data * factor
-            xp.subtract(x, mean[:, None], out=y)
         else:
-            m = x.size // x.shape[1]
-            mean = channel_dot(xp, x) / m
-            xp.subtract(x, mean[:, None], out=y)
-            var = channel_dot(xp, y, y) / m
+            mean, var = xp.empty(x.shape[1], x.dtype), xp.empty(x.shape[1], x.dtype)
+        std = xp.empty((x.shape[1], 1), x.dtype)
+
+        def run(share):
+            for start, stop in share:
+                xs, ys, part = x[:, start:stop], y[:, start:stop], slice(start, stop)
+                if not self.use_global:
+                    mean[part] = channel_dot(xp, xs) / m
+                xp.subtract(xs, mean[part, None], out=ys)
+                if not self.use_global:
+                    var[part] = channel_dot(xp, ys, ys) / m
+                xp.sqrt(var[part, None] + self.eps, out=std[part])
+                ys /= std[part]
+                if not self.use_global:
+                    self._view(self._normalized.data, bottom[0])[:, part] = ys
+        in_parallel(xp, run, channel_ranges(xp, x.shape))
+        self._std = std
+        if not self.use_global:
             correction = m / (m - 1) if m > 1 else 1.0
             for blob, value in ((self.blobs[0], mean), (self.blobs[1], var * correction)):
                 blob.data *= self.fraction
                 blob.data += value
             self.blobs[2].data *= self.fraction
             self.blobs[2].data += 1
-        self._std = xp.sqrt(var + self.eps)[:, None]
-        y /= self._std
-        if not self.use_global:
-            self._normalized.data[...] = top[0].data
 
     def backward(self, top, propagate_down, bottom):
         """Global statistics: dx = dy / std. Batch statistics:
@@ -189,16 +199,21 @@ class BatchNorm(Layer):
         xp = self.xp(top[0])
         dy = self._view(top[0].diff, top[0])
         dx = self._view(bottom[0].diff, bottom[0])  # may be dy itself (in place)
-        if self.use_global:
-            xp.divide(dy, self._std, out=dx)
-            return
-        xn = self._view(self._normalized.data, self._normalized)
+        xn = None if self.use_global else self._view(self._normalized.data, self._normalized)
         m = dy.size // dy.shape[1]
-        mean_dy, mean_dy_xn = channel_dot(xp, dy) / m, channel_dot(xp, dy, xn) / m
-        correction = xn * mean_dy_xn[:, None]
-        correction += mean_dy[:, None]
-        xp.subtract(dy, correction, out=dx)
-        dx /= self._std
+
+        def run(share):
+            for start, stop in share:
+                part = slice(start, stop)
+                if self.use_global:
+                    xp.divide(dy[:, part], self._std[part], out=dx[:, part])
+                    continue
+                g, xg, out = dy[:, part], xn[:, part], dx[:, part]
+                correction = xg * (channel_dot(xp, g, xg) / m)[:, None]
+                correction += (channel_dot(xp, g) / m)[:, None]
+                xp.subtract(g, correction, out=out)
+                out /= self._std[part]
+        in_parallel(xp, run, channel_ranges(xp, dy.shape))
 
 
 class _Broadcast(Layer):
@@ -263,26 +278,47 @@ class Scale(_Broadcast):
         self._bottom_copy = Blob((), dtype)  # the input, kept when the layer runs in place
 
     def forward(self, bottom, top):
-        x = bottom[0].data
+        xp = self.xp(bottom[0])
+        x, y = self.view(bottom[0].data), self.view(top[0].data)
         if top[0] is bottom[0]:
-            self._bottom_copy.reshape(x.shape)
-            self._bottom_copy.data[...] = x
+            self._bottom_copy.reshape(bottom[0].shape)
+        copy = self.view(self._bottom_copy.data) if top[0] is bottom[0] else None
         scale = self.operand(bottom).data.reshape(1, -1, 1)
-        y = self.view(top[0].data)
-        self.xp(bottom[0]).multiply(self.view(x), scale, out=y)
-        if self.bias_term:
-            y += self.blobs[-1].data.reshape(1, -1, 1)
+        bias = self.blobs[-1].data.reshape(1, -1, 1) if self.bias_term else None
+
+        def run(share):
+            for start, stop in share:
+                part = slice(start, stop)
+                if copy is not None:
+                    copy[:, part] = x[:, part]
+                xp.multiply(x[:, part], scale[:, part], out=y[:, part])
+                if bias is not None:
+                    y[:, part] += bias[:, part]
+        in_parallel(xp, run, channel_ranges(xp, self.dims))
 
     def backward(self, top, propagate_down, bottom):
         xp = self.xp(top[0])
-        dy = self.view(top[0].diff)
-        if self.bias_term and self.param_propagate_down[-1]:
-            self.blobs[-1].diff += channel_dot(xp, dy).reshape(self.blobs[-1].shape)
-        x = self._bottom_copy.data if top[0] is bottom[0] else bottom[0].data
-        self.operand_gradient(bottom, propagate_down, lambda: channel_dot(xp, dy, self.view(x)))
-        if propagate_down[0]:
-            scale = self.operand(bottom).data.reshape(1, -1, 1)
-            xp.multiply(dy, scale, out=self.view(bottom[0].diff))
+        dy, dx = self.view(top[0].diff), self.view(bottom[0].diff)
+        x = self.view(self._bottom_copy.data if top[0] is bottom[0] else bottom[0].data)
+        scale = self.operand(bottom).data.reshape(1, -1, 1)
+        learned = len(bottom) == 1
+        bias_sum, scale_gradient = (xp.empty(self.dims[1], dy.dtype) if needed else None for needed in (
+            self.bias_term and self.param_propagate_down[-1],
+            self.param_propagate_down[0] if learned else propagate_down[1]))
+
+        def run(share):
+            for start, stop in share:
+                part = slice(start, stop)
+                if bias_sum is not None:
+                    bias_sum[part] = channel_dot(xp, dy[:, part])
+                if scale_gradient is not None:
+                    scale_gradient[part] = channel_dot(xp, dy[:, part], x[:, part])
+                if propagate_down[0]:  # after the scale's gradient, which reads dy (maybe dx itself)
+                    xp.multiply(dy[:, part], scale[:, part], out=dx[:, part])
+        in_parallel(xp, run, channel_ranges(xp, self.dims))
+        if bias_sum is not None:
+            self.blobs[-1].diff += bias_sum.reshape(self.blobs[-1].shape)
+        self.operand_gradient(bottom, propagate_down, lambda: scale_gradient)
 
 
 @register("Bias")

@@ -15,7 +15,7 @@ import numpy
 
 from ..backend import scatter_add
 from ..blob import Blob
-from ..parallel import GRAIN, in_parallel, split, threads
+from ..parallel import channel_ranges, in_parallel
 from . import register
 from .base import Layer
 from .conv import along
@@ -176,7 +176,7 @@ class ROIPooling(Layer):
                 # (N, H, W, C') for this range of channels
                 features = xp.ascontiguousarray(bottom[0].data[:, start:stop].transpose(0, 2, 3, 1))
                 bins.pool(features, out[..., start:stop], None if argmax is None else argmax[..., start:stop])
-        in_parallel(xp, run, _channel_ranges(xp, bottom[0].shape))
+        in_parallel(xp, run, channel_ranges(xp, bottom[0].shape))
         if with_argmax:
             self._argmax_ready = True
 
@@ -203,14 +203,7 @@ class ROIPooling(Layer):
                 plane = (self._batch[:, None, None, None] * channels + xp.arange(start, stop)) * (height * width)
                 hit = index >= 0
                 scatter_add(diff.reshape(-1), (plane + index)[hit], dy[..., start:stop][hit])
-        in_parallel(xp, run, _channel_ranges(xp, bottom[0].shape))
-
-
-def _channel_ranges(xp, shape):
-    """[start, stop) ranges of the channels of (N, C, H, W) features, one per thread where the map is large
-    enough; each range pools every RoI."""
-    n, c, h, w = shape
-    return split(c, threads(xp), -(-GRAIN // max(1, n * h * w)))
+        in_parallel(xp, run, channel_ranges(xp, bottom[0].shape))
 
 
 class _Bins:

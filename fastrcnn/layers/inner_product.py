@@ -98,5 +98,6 @@ def _accumulate_product(xp, a, b, out):
             block = work_buffer(xp, out.dtype, (stop - start) * out.shape[1]).reshape(stop - start, -1)
             xp.matmul(a[start:stop], b, out=block)
             out[start:stop] += block
-    rows = max(1, _BLOCK // max(out.shape[1], 1))
+    # a block per thread at least, of _ROWS rows where there are enough
+    rows = max(1, min(_BLOCK // max(out.shape[1], 1), max(_ROWS, -(-out.shape[0] // threads(xp)))))
     in_parallel(xp, run, [(start, min(start + rows, out.shape[0])) for start in range(0, out.shape[0], rows)])

@@ -151,13 +151,18 @@ def split(length, parts, grain=1):
     return [(length * i // parts, length * (i + 1) // parts) for i in range(parts)]
 
 
-def elementwise(xp, function, *arrays):
-    """function(*pieces) for pieces of the flattened (contiguous) arrays, shared among the threads."""
+def elementwise(xp, function, *arrays, block=None):
+    """function(*pieces) for pieces of the flattened (contiguous) arrays, shared among the threads. With
+    ``block``, on the CPU, each thread hands its piece over ``block`` elements at a time, so that a function of
+    several passes makes them all while the block is in cache."""
     flat = [a.reshape(-1) for a in arrays]
+    step = block if block and xp is numpy else None
 
     def run(share):
         for start, stop in share:
-            function(*(f[start:stop] for f in flat))
+            for first in range(start, stop, step or stop - start):
+                last = min(stop, first + step) if step else stop
+                function(*(f[first:last] for f in flat))
     in_parallel(xp, run, split(flat[0].size, threads(xp), GRAIN))
 
 

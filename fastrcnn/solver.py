@@ -22,12 +22,17 @@ import numpy
 from . import backend, protoio, weights
 from .errors import Error
 from .net import Net, phase_name
+from .parallel import elementwise
 from .proto import caffe_pb2
 
 log = logging.getLogger("fastrcnn")
 
 STATE_FORMAT = "fastrcnn-solverstate"
 STATE_VERSION = 1
+#: Elements of a parameter that go through every step of the update together, while they are in cache (S's
+#: 58 M parameters on two cores: 75 ms an iteration step after step, 29 ms a block at a time; smaller blocks
+#: pay NumPy's per-call cost, larger ones leave the cache).
+UPDATE_BLOCK = 1 << 17
 
 
 def learning_rate(param, it, current_step=0):
@@ -271,24 +276,28 @@ class SGDSolver:
 
     def apply_update(self):
         """SGDSolver::ApplyUpdate: rate, clipping, then per param Normalize, Regularize, ComputeUpdateValue,
-        and ``data -= diff``."""
+        and ``data -= diff``, Caffe's float32 steps in Caffe's order for each element (on the CPU a block at a
+        time, the blocks shared among the threads)."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
         self._clip_gradients()
         params = self.net.learnable_params
         for blob, history, lr_mult, decay_mult in zip(params, self.history, self.net.lr_mults,
                                                       self.net.decay_mults):
-            diff, data = blob.diff, blob.data
-            if p.iter_size > 1:
-                diff *= numpy.float32(1.0 / p.iter_size)
+            xp = backend.get_array_module(blob.data)
             local_decay = numpy.float32(p.weight_decay) * numpy.float32(decay_mult)
-            if local_decay:
-                xp = backend.get_array_module(data)
-                diff += local_decay * (data if p.regularization_type == "L2" else xp.sign(data))
-            history *= numpy.float32(p.momentum)
-            history += numpy.float32(rate) * numpy.float32(lr_mult) * diff
-            diff[...] = history
-            data -= diff
+            local_rate = numpy.float32(rate) * numpy.float32(lr_mult)
+
+            def update(data, diff, history):
+                if p.iter_size > 1:
+                    diff *= numpy.float32(1.0 / p.iter_size)
+                if local_decay:
+                    diff += local_decay * (data if p.regularization_type == "L2" else xp.sign(data))
+                history *= numpy.float32(p.momentum)
+                history += local_rate * diff
+                diff[...] = history
+                data -= diff
+            elementwise(xp, update, blob.data, blob.diff, history, block=UPDATE_BLOCK)
 
     def _clip_gradients(self):
         """Scale all diffs so that their global L2 norm is at most clip_gradients (before normalisation)."""

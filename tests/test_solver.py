@@ -12,7 +12,7 @@ from fastrcnn.errors import Error
 from fastrcnn.layers import register
 from fastrcnn.layers.base import Layer
 from fastrcnn.proto import caffe_pb2
-from fastrcnn.solver import SGDSolver, learning_rate
+from fastrcnn.solver import UPDATE_BLOCK, SGDSolver, learning_rate
 
 # -- test layers -------------------------------------------------------------------------------------------
 TARGETS = {"quad": [0.5, 0.5], "qa": [1.0, 3.0], "qb": [-2.0, 0.0]}
@@ -40,6 +40,30 @@ class QuadraticLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if self.param_propagate_down[0]:
             self.blobs[0].diff += top[0].diff * (self.blobs[0].data - self.target)
+
+
+@register("TestWideQuadratic")
+class WideQuadraticLayer(Layer):
+    """loss = ½‖w − c‖² over a parameter of several update blocks (random start and target)."""
+    exact_bottoms = 0
+    exact_tops = 1
+    is_loss = True
+    size = 3 * UPDATE_BLOCK + 17
+
+    def setup(self, bottom, top):
+        rng = numpy.random.default_rng(5)
+        self.target = rng.standard_normal(self.size).astype(numpy.float32)
+        self.blobs = [Blob((self.size,), name="wide_w")]
+        self.blobs[0].data[...] = rng.standard_normal(self.size)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(())
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 0.5 * ((self.blobs[0].data - self.target) ** 2).sum()
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff += top[0].diff * (self.blobs[0].data - self.target)
 
 
 BATCH = 16
@@ -193,6 +217,26 @@ def test_update_rule_matches_hand_computation(reg, clip, iter_size):
         numpy.testing.assert_allclose(solver.history[0], history, rtol=1e-5)
     assert clipped == (clip == 1.5)
     assert solver.iter == 4
+
+
+def test_update_of_a_parameter_of_many_blocks_is_caffes_float32_steps():
+    """The update runs a block at a time on several threads: each element still gets exactly Caffe's float32
+    steps (decay, momentum, rate, subtraction), bitwise."""
+    solver = SGDSolver(solver_param('base_lr: 0.1 lr_policy: "fixed" momentum: 0.9 weight_decay: 0.01',
+                                    'layer { name: "wide" type: "TestWideQuadratic" top: "loss" '
+                                    'param { lr_mult: 2 decay_mult: 3 } }'))
+    layer = solver.net.layers[0]
+    w, history = layer.blobs[0].data.copy(), numpy.zeros(layer.size, numpy.float32)
+    f32 = numpy.float32
+    for _ in range(3):
+        diff = (w - layer.target) * f32(1)
+        diff += f32(0.01) * f32(3) * w
+        history *= f32(0.9)
+        history += f32(0.1) * f32(2) * diff
+        w -= history
+        solver.step(1)
+        assert numpy.array_equal(layer.blobs[0].data, w)
+        assert numpy.array_equal(solver.history[0], history)
 
 
 def test_shared_params_get_the_summed_gradient():

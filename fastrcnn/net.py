@@ -292,6 +292,8 @@ class Net:
                 self._bottom_need_backward[i] = [f or layer.allow_force_backward(j)
                                                  for j, f in enumerate(self._bottom_need_backward[i])]
                 layer.param_propagate_down = [True] * len(layer.blobs)
+        for layer, need in zip(self.layers, self._layer_need_backward):
+            layer.need_backward = need
 
     def _fill_loss_diffs(self):
         """Loss tops carry their loss weight in diff (Layer::SetLossWeights), the seed of backward."""

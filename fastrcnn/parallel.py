@@ -156,13 +156,11 @@ def elementwise(xp, function, *arrays, block=None):
     ``block``, on the CPU, each thread hands its piece over ``block`` elements at a time, so that a function of
     several passes makes them all while the block is in cache."""
     flat = [a.reshape(-1) for a in arrays]
-    step = block if block and xp is numpy else None
-
     def run(share):
         for start, stop in share:
-            for first in range(start, stop, step or stop - start):
-                last = min(stop, first + step) if step else stop
-                function(*(f[first:last] for f in flat))
+            size = block if block and xp is numpy else max(1, stop - start)
+            for first in range(start, stop, size):
+                function(*(f[first:min(stop, first + size)] for f in flat))
     in_parallel(xp, run, split(flat[0].size, threads(xp), GRAIN))
 
 

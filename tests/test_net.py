@@ -221,3 +221,30 @@ def test_incompatible_shapes_name_layers_and_shapes():
     net = net_from(MLP)
     with pytest.raises(fastrcnn.Error, match=r"layer 'ip1'.*\(4, 7\)"):
         net.forward(data=numpy.ones((4, 7)), label=numpy.zeros(4))
+
+
+SCALED = '''input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }
+layer { name: "scale" type: "Scale" bottom: "x" top: "y" scale_param { filler { type: "gaussian" } } }
+layer { name: "scale2" type: "Scale" bottom: "y" top: "y" scale_param { filler { type: "gaussian" } } }'''
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_layers_without_backward_keep_nothing_for_it(force):
+    """A test net runs no backward: an in-place Scale keeps no copy of its input (Caffe's always does), and
+    the output is the same; with force_backward it keeps one and its gradient is right."""
+    net = net_from(("force_backward: true\n" if force else "") + SCALED)
+    scale = net.layers[net.layer_names.index("scale2")]
+    assert scale.need_backward == force
+    x = numpy.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    out = net.forward(x=x)["y"]
+    s1, s2 = (net.params[n][0].data.reshape(1, 3, 1, 1) for n in ("scale", "scale2"))
+    numpy.testing.assert_allclose(out, x * s1 * s2, rtol=1e-6)
+    assert scale._bottom_copy.shape == (x.shape if force else ())
+    if force:
+        dy = numpy.ones_like(out)
+        grads = net.backward(y=dy.astype(numpy.float32))
+        numpy.testing.assert_allclose(grads["x"], numpy.broadcast_to(s1 * s2, x.shape), rtol=1e-6)
+        numpy.testing.assert_allclose(net.params["scale2"][0].diff, (x * s1).sum(axis=(0, 2, 3)), rtol=1e-5)
+    else:
+        with pytest.raises(fastrcnn.Error, match="scale2.*force_backward"):
+            scale.backward([net.blobs["y"]], [True], [net.blobs["y"]])

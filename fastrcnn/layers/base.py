@@ -17,6 +17,9 @@ class Layer:
     exact_tops = min_tops = max_tops = None
     #: Loss layers give their first top a loss_weight of 1 unless the prototxt says otherwise.
     is_loss = False
+    #: Whether backward will run (the Net clears it for layers it never runs backward on, so that their
+    #: forward need not keep what only backward reads).
+    need_backward = True
 
     def __init__(self, param, phase="TEST"):
         self.param = param

@@ -280,9 +280,10 @@ class Scale(_Broadcast):
     def forward(self, bottom, top):
         xp = self.xp(bottom[0])
         x, y = self.view(bottom[0].data), self.view(top[0].data)
-        if top[0] is bottom[0]:
+        keep = top[0] is bottom[0] and self.need_backward  # backward reads the input
+        if keep:
             self._bottom_copy.reshape(bottom[0].shape)
-        copy = self.view(self._bottom_copy.data) if top[0] is bottom[0] else None
+        copy = self.view(self._bottom_copy.data) if keep else None
         scale = self.operand(bottom).data.reshape(1, -1, 1)
         bias = self.blobs[-1].data.reshape(1, -1, 1) if self.bias_term else None
 
@@ -299,6 +300,9 @@ class Scale(_Broadcast):
     def backward(self, top, propagate_down, bottom):
         xp = self.xp(top[0])
         dy, dx = self.view(top[0].diff), self.view(bottom[0].diff)
+        if top[0] is bottom[0] and self._bottom_copy.shape != bottom[0].shape:
+            raise self.error("backward in place needs the input that forward keeps only where the net runs "
+                             "backward on this layer (a loss above it, or force_backward)")
         x = self.view(self._bottom_copy.data if top[0] is bottom[0] else bottom[0].data)
         scale = self.operand(bottom).data.reshape(1, -1, 1)
         learned = len(bottom) == 1

@@ -151,11 +151,12 @@ class ROIPooling(Layer):
                              f"(the features hold {num} image(s))")
 
     def forward(self, bottom, top):
-        """The maxima; their argmaxes too in the TRAIN phase (only backward and ``max_idx`` need them, and
-        compute them on demand otherwise)."""
+        """The maxima; their argmaxes too in the TRAIN phase where backward runs (only backward and ``max_idx``
+        need them, and compute them on demand otherwise)."""
         self._bottom = bottom
         self._argmax_ready = False
-        self._pool(bottom, top[0].data.transpose(0, 2, 3, 1), with_argmax=self.phase == "TRAIN")
+        self._pool(bottom, top[0].data.transpose(0, 2, 3, 1),
+                   with_argmax=self.phase == "TRAIN" and self.need_backward)
 
     def _pool(self, bottom, out, with_argmax):
         """Fill ``out`` (R, ph, pw, C) with the bins' maxima and, ``with_argmax``, the argmax blob; ranges of

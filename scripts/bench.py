@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the fastrcnn engine, with PyTorch and OpenCV dnn twins running the same computation.
 
-Rows, each the median of --runs after a warm-up, with the GFLOP/s achieved (2 × the multiply-adds of the
-Convolution and InnerProduct layers, counted from the layer shapes) and the ratio fastrcnn time / twin time:
+Rows, each the median of --runs calls after a warm-up (of more where --runs calls would take under
+MIN_SECONDS), with the GFLOP/s achieved (2 × the multiply-adds of the Convolution and InnerProduct layers,
+counted from the layer shapes) and the ratio fastrcnn time / twin time:
 
   gemm        a large float32 matrix product: the machine's GEMM rate, the yardstick for the rest
   trunk       the convolution trunk (the data up to the last layer before RoI pooling), 600×800 image
@@ -547,10 +548,20 @@ class NetAdapter:
 
 
 # ------------------------------------------------------------------------------------------- timing
-def time_runs(fn, runs, warmup=True):
-    """Seconds of each of ``runs`` calls of fn, after one untimed call."""
+#: A row's implementation repeats its timed calls until they add up to this many seconds (at least --runs of
+#: them): the median of three 10-ms calls on a shared machine says little. 0 with --quick.
+MIN_SECONDS = 0.5
+
+
+def time_runs(fn, runs, warmup=True, min_seconds=0.0):
+    """Seconds of each of ``runs`` calls of fn, after one untimed call; more calls where the warm-up call says
+    that ``runs`` of them would take less than ``min_seconds``."""
     if warmup:
+        start = time.perf_counter()
         fn()
+        once = time.perf_counter() - start
+        if once * runs < min_seconds:
+            runs = math.ceil(min_seconds / max(once, 1e-6))
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -601,6 +612,10 @@ class Bench:
     def log(self, text):
         print(f"[{time.perf_counter() - self.start:6.1f}s] {text}", file=sys.stderr, flush=True)
 
+    def time(self, fn, runs=None):
+        """time_runs with --runs (or ``runs``), repeated up to MIN_SECONDS except with --quick."""
+        return time_runs(fn, runs or self.args.runs, min_seconds=0.0 if self.args.quick else MIN_SECONDS)
+
     def record(self, row):
         data = row.finish()
         self.rows.append(data)
@@ -615,11 +630,11 @@ class Bench:
         a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
         c = np.empty_like(a)
         row = Row(kind, "-", f"{n}x{n}x{n} float32", 2 * n ** 3)
-        row.add("fastrcnn", time_runs(lambda: np.matmul(a, b, out=c), self.args.runs))
+        row.add("fastrcnn", self.time(lambda: np.matmul(a, b, out=c)))
         if self.torch:
             ta, tb = self.torch.from_numpy(a), self.torch.from_numpy(b)
             with self.torch.inference_mode():
-                row.add("torch", time_runs(lambda: self.torch.mm(ta, tb), self.args.runs))
+                row.add("torch", self.time(lambda: self.torch.mm(ta, tb)))
         self.record(row)
 
     # -- one model --
@@ -646,16 +661,16 @@ class Bench:
         return model
 
     def trunk(self, model, twin, weights):
-        net, runs = model.net, self.args.runs
+        net = model.net
         h, w = model.data.shape[2:]
         row = Row("trunk", model.name, f"{h}x{w}", conv_flops(net, 0, model.roi_index - 1))
         ours = lambda: net.forward(blobs=[model.features], data=model.data, end=model.trunk_end)  # noqa: E731
         reference = np.array(ours()[model.features], copy=True)
-        row.add("fastrcnn", time_runs(ours, runs))
+        row.add("fastrcnn", self.time(ours))
         if twin:
             with self.torch.inference_mode():
                 run = lambda: twin.forward({"data": model.data}, end=model.trunk_end)[model.features]  # noqa: E731
-                row.add("torch", time_runs(run, runs), relative_error(run().numpy(), reference))
+                row.add("torch", self.time(run), relative_error(run().numpy(), reference))
         if weights:
             path, net_param = opencv_prototxt(model.name, self.workdir, model.trunk_end)
             cv_net = opencv_net(self.cv2, path, weights)
@@ -665,7 +680,7 @@ class Bench:
                 cv_net.setInput(model.data, "data")
                 return cv_net.forward(output)
             check = relative_error(run(), reference) if model.name != "M" else None
-            row.add("opencv", time_runs(run, runs), check)
+            row.add("opencv", self.time(run), check)
             if model.name == "M":
                 row.note("OpenCV runs M's LRN with k = 1 (its importer ignores k): not compared")
         self.record(row)
@@ -695,7 +710,7 @@ class Bench:
                     return out, net.backward(pooled=diff)["features"]
                 return out, None
             reference = [np.array(a, copy=True) if a is not None else None for a in ours()]
-            row.add("fastrcnn", time_runs(ours, self.args.runs))
+            row.add("fastrcnn", self.time(ours))
             if self.torch:
                 torch = self.torch
                 features = torch.from_numpy(feature_map)
@@ -712,7 +727,7 @@ class Bench:
                     check = relative_error(out.numpy(), reference[0])
                     if train:
                         check = max(check, relative_error(grad.numpy(), reference[1]))
-                    row.add("torch", time_runs(run, self.args.runs), check)
+                    row.add("torch", self.time(run), check)
             row.note("rate: one max per pooled input element (backward not counted)")
             self.record(row)
 
@@ -726,14 +741,14 @@ class Bench:
             return net.forward(start=model.head_start)
         net.blobs[model.pooled_blob].data[...] = pooled
         reference = {k: np.array(v, copy=True) for k, v in ours().items()}
-        row.add("fastrcnn", time_runs(ours, self.args.runs))
+        row.add("fastrcnn", self.time(ours))
         if twin:
             tensor = self.torch.from_numpy(pooled)
             with self.torch.inference_mode():
                 run = lambda: twin.forward({model.pooled_blob: tensor}, start=model.head_start)  # noqa: E731
                 out = run()
                 check = max(relative_error(out[k].numpy(), reference[k]) for k in outputs)
-                row.add("torch", time_runs(run, self.args.runs), check)
+                row.add("torch", self.time(run), check)
         self.record(row)
 
     def detect(self, model, twin, weights, svd=None):
@@ -743,7 +758,7 @@ class Bench:
         reference = ours()
         row = Row("detect-svd" if svd is not None else "detect", model.name,
                   f"{model.height}x{model.width}, {len(model.boxes)} proposals", conv_flops(net))
-        row.add("fastrcnn", time_runs(ours, self.args.runs))
+        row.add("fastrcnn", self.time(ours))
         if twin:
             torch = self.torch
 
@@ -754,7 +769,7 @@ class Bench:
             with torch.inference_mode():
                 run = lambda: im_detect(adapter, model.image, model.boxes, model.cfg)  # noqa: E731
                 check = max(map(relative_error, run(), reference))
-                row.add("torch", time_runs(run, self.args.runs), check)
+                row.add("torch", self.time(run), check)
         if weights:
             self.detect_opencv(model, weights, row, reference)
         self.record(row)
@@ -796,7 +811,7 @@ class Bench:
             net.clear_param_diffs()
             net.forward(**inputs)
             net.backward()
-        row.add("fastrcnn", time_runs(ours, self.args.runs))
+        row.add("fastrcnn", self.time(ours))
         if self.torch:
             torch = self.torch
             twin = TorchTwin(torch, net, train=True)
@@ -813,7 +828,7 @@ class Bench:
                 loss.backward()
                 return loss
             check = self.check_train(name, net, inputs, twin, run)
-            row.add("torch", time_runs(run, self.args.runs), check)
+            row.add("torch", self.time(run), check)
             row.note("checked with dropout off: the loss, and every parameter gradient norm-wise")
         row.note("one iteration: forward + backward, no parameter update")
         self.record(row)

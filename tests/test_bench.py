@@ -3,6 +3,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,19 @@ def test_gpu_without_cupy_exits_2():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "gpu"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "CuPy" in done.stderr
+
+
+def test_short_rows_repeat_until_they_fill_the_minimum_time():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    calls = []
+
+    def sleep():
+        calls.append(None)
+        time.sleep(0.01)
+    assert len(bench.time_runs(sleep, 3)) == 3 and len(calls) == 4  # the warm-up call, then --runs
+    assert len(bench.time_runs(sleep, 2, min_seconds=0.1)) >= 9  # ~10 calls of 10 ms fill 0.1 s
+    assert len(bench.time_runs(sleep, 2, min_seconds=0.01)) == 2  # --runs calls fill it already

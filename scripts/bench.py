@@ -550,7 +550,7 @@ class NetAdapter:
 # ------------------------------------------------------------------------------------------- timing
 #: A row's implementation repeats its timed calls until they add up to this many seconds (at least --runs of
 #: them): the median of three 10-ms calls on a shared machine says little. 0 with --quick.
-MIN_SECONDS = 0.5
+MIN_SECONDS = 1.0
 
 
 def time_runs(fn, runs, warmup=True, min_seconds=0.0):

@@ -106,7 +106,8 @@ def test_test_and_reval_compress_and_demo(toy_small, tmp_path, capsys):
     weights = toy_train(toy_small, tmp_path / "train", iters=2)
     net = str(REPO / "prototxt" / "toy" / "test.prototxt")
     common = ["--imdb", f"voc:{toy_small / 'small'}:test", "--data-root", str(toy_small), "--quiet"]
-    test_cli.main([net, weights, "--output", str(tmp_path / "test"), "--profile", "--vis", "1"] + common)
+    test_cli.main([net, weights, "--output", str(tmp_path / "test"), "--profile", "--vis", "1", "--workers", "3"]
+                  + common)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("mAP: 0.") or lines[-1] == "mAP: 1.0000"
     assert {"conv", "roi_pool", "fc6", "fc7"} <= {line.split()[0] for line in lines if line.startswith("  ")}

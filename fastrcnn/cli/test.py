@@ -17,11 +17,16 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true", help="print a timing breakdown (conv, RoI pooling, fc)")
     parser.add_argument("--reval", default=None, metavar="DIR",
                         help="re-evaluate the detections saved in DIR without running the network")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="threads decoding the next images while the network runs (default 2; OpenCV "
+                             "decodes without holding Python's lock)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pipeline_options(parser)
     args = parser.parse_args(argv)
     if args.reval is None and (args.net is None or args.weights is None):
         parser.error("give NET and WEIGHTS (or --reval DIR)")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     return args
 
 
@@ -36,7 +41,8 @@ def main(argv=None):
         else:
             aps = tester.run_test(args.net, args.weights, imdb=args.imdb, output_dir=args.output,
                                   cfg_file=args.cfg, set_pairs=set_pairs(args.set), data_root=args.data_root,
-                                  profile=args.profile, vis=args.vis, progress=not args.quiet)
+                                  profile=args.profile, vis=args.vis, progress=not args.quiet,
+                                  workers=args.workers)
         print(f"mAP: {aps['mAP']:.4f}")
     run_main(test)
 

@@ -111,8 +111,9 @@ def evaluate(dataset, dets, classes, cfg, output_dir):
 
 
 def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_pairs=(), data_root=None,
-             profile=False, vis=0, progress=True):
-    """Detect on a dataset and evaluate; returns the AP dict (printed as a table ending with mAP)."""
+             profile=False, vis=0, progress=True, workers=2):
+    """Detect on a dataset and evaluate; returns the AP dict (printed as a table ending with mAP). ``workers``
+    threads decode the next images while the network runs."""
     from tqdm import tqdm
     net = Net(net_path, "TEST", weights=weights)
     meta = getattr(net, "weights_meta", {}) or {}
@@ -136,7 +137,8 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
     if profile:
         net.timings = collections.defaultdict(float)
     bar = tqdm(total=dataset.num_images, disable=not progress, unit="im", dynamic_ncols=True)
-    images = prefetch_images(dataset.image_path(i) for i in range(dataset.num_images))
+    images = prefetch_images((dataset.image_path(i) for i in range(dataset.num_images)), workers=workers,
+                             depth=2 * workers)
     start = time.perf_counter()
     dets = detect_dataset(net, images, proposals, len(classes), cfg, gt_boxes, progress=lambda: bar.update(1))
     bar.close()

@@ -156,6 +156,7 @@ def elementwise(xp, function, *arrays, block=None):
     ``block``, on the CPU, each thread hands its piece over ``block`` elements at a time, so that a function of
     several passes makes them all while the block is in cache."""
     flat = [a.reshape(-1) for a in arrays]
+
     def run(share):
         for start, stop in share:
             size = block if block and xp is numpy else max(1, stop - start)

@@ -612,9 +612,9 @@ class Bench:
     def log(self, text):
         print(f"[{time.perf_counter() - self.start:6.1f}s] {text}", file=sys.stderr, flush=True)
 
-    def time(self, fn, runs=None):
-        """time_runs with --runs (or ``runs``), repeated up to MIN_SECONDS except with --quick."""
-        return time_runs(fn, runs or self.args.runs, min_seconds=0.0 if self.args.quick else MIN_SECONDS)
+    def time(self, fn):
+        """time_runs with --runs, repeated up to MIN_SECONDS except with --quick."""
+        return time_runs(fn, self.args.runs, min_seconds=0.0 if self.args.quick else MIN_SECONDS)
 
     def record(self, row):
         data = row.finish()

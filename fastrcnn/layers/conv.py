@@ -172,6 +172,12 @@ def winograd_bands(out_size, parts=1):
     return [(t0, min(rows, th - t0)) for t0 in range(0, th, rows)]
 
 
+def _winograd_pieces(xp, images, out_size):
+    """(image, band) pieces of winograd_bands for every image of an (OH, OW) output, a band per thread at least."""
+    bands = winograd_bands(out_size, threads(xp))
+    return [(n, band) for n in range(images) for band in bands]
+
+
 def _winograd_input(xp, x, pad, out_size, band, scratch_shapes):
     """(v, scratch) for one band of winograd_bands: v (4, 4, C, rows, TW) holds Bᵀ d B of the band's 4×4
     input tiles of ``x`` (C, H, W) zero-padded by ``pad``, and the scratch arrays have the shapes
@@ -230,8 +236,7 @@ def winograd_conv(xp, x, u, pad, out, bias=None):
                 rows_a[..., 1::2] = e[1][:, :count, :ow // 2]
             if bias is not None:
                 out[n, :, 2 * t0:2 * (t0 + r)] += bias[:, None, None]
-    bands = winograd_bands((oh, ow), threads(xp))
-    in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in bands])
+    in_parallel(xp, run, _winograd_pieces(xp, x.shape[0], (oh, ow)))
 
 
 def winograd_weight_gradient(xp, x, dy, pad, group):
@@ -263,8 +268,7 @@ def winograd_weight_gradient(xp, x, dy, pad, group):
             else:
                 total += product
         return total
-    bands = winograd_bands((oh, ow), threads(xp))
-    return sum(in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in bands]))
+    return sum(in_parallel(xp, run, _winograd_pieces(xp, x.shape[0], (oh, ow))))
 
 
 @register("Convolution")

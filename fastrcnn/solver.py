@@ -8,8 +8,9 @@ snapshot every ``snapshot`` iterations.
 
 Snapshots are ``<prefix>_iter_<N>.npz`` (the weights) and ``<prefix>_iter_<N>.solverstate``: an .npz with
 the momentum history and a JSON entry with the iteration, the multistep position, the smoothed-loss
-window, the engine's random generator state and the states of ``snapshot_hooks``, so that a restored run
-continues exactly as the uninterrupted one. Unlike Caffe, which restarts the loss average at every
+window, the engine's random generator state, the states of ``snapshot_hooks`` and the solver fields this run
+overrode (``solver_overrides``, also in the weights' metadata), so that a restored run continues exactly as
+the uninterrupted one. Unlike Caffe, which restarts the loss average at every
 ``Step()`` call, the average runs across calls, so that loops of ``step(1)`` display a real average.
 """
 import logging
@@ -61,6 +62,22 @@ def learning_rate(param, it, current_step=0):
         raise Error(f"solver: unknown lr_policy '{policy}'; "
                     "use fixed, step, exp, inv, multistep, poly or sigmoid")
     return float(numpy.float32(rate)), current_step
+
+
+#: The lr policies whose curve ends at ``max_iter`` (poly is 0 from there on).
+MAX_ITER_POLICIES = ("poly",)
+#: The solver fields a run may override (``SGDSolver.override``).
+OVERRIDABLE = ("max_iter",)
+
+
+def check_schedule(param, stop, source):
+    """Refuse to train to iteration ``stop`` past ``max_iter`` under a policy whose learning rate ends there:
+    the iterations past it would run at lr 0, where momentum and weight decay move nothing either."""
+    if param.lr_policy in MAX_ITER_POLICIES and stop > param.max_iter:
+        raise Error(f"{source}: training to iteration {stop} but max_iter is {param.max_iter}, and lr_policy "
+                    f"'{param.lr_policy}' reaches learning rate 0 at max_iter: iterations {param.max_iter} to {stop} "
+                    f"would change nothing. Set max_iter: {stop} in {source}, or pass --max-iter {stop} "
+                    f"(or train to {param.max_iter} only)")
 
 
 def _check_param(param, source):
@@ -141,6 +158,10 @@ class SGDSolver:
         self.callbacks = []
         self.snapshot_hooks = []
         self.snapshot_dir = None
+        #: Solver fields set for this run, {field: value}; saved with snapshots, put back by ``restore``.
+        self.overrides = {}
+        #: Iterations per pass over the training data, when the caller knows it: display shows the epoch.
+        self.iters_per_epoch = None
         xp = backend.array_module()
         self.history = [xp.zeros(b.shape, dtype=b.dtype) for b in self.net.learnable_params]
         #: Writes the weights file of a snapshot, ``writer(path, meta)``; the training pipeline replaces it
@@ -215,6 +236,27 @@ class SGDSolver:
                                 f"in the test net but {blob.shape} in the train net")
                 layer.blobs[i] = blob
 
+    # -- schedule ---------------------------------------------------------------------------------------
+    def override(self, **fields):
+        """Set solver fields for this run (e.g. ``max_iter``), checked as the file's are and recorded in
+        ``overrides``, which snapshots save and ``restore`` puts back."""
+        param = caffe_pb2.SolverParameter()
+        param.CopyFrom(self.param)
+        for field, value in fields.items():
+            if field not in OVERRIDABLE:
+                raise Error(f"{self.source}: solver field '{field}' cannot be overridden; "
+                            f"only {', '.join(OVERRIDABLE)}")
+            setattr(param, field, value)
+        _check_param(param, self.source)
+        self.param = param
+        self.overrides.update(fields)
+        if fields:
+            log.info("Solver overrides: %s", ", ".join(f"{k} {v}" for k, v in fields.items()))
+
+    def epoch(self):
+        """Passes over the training data so far (``iter / iters_per_epoch``), or None when unknown."""
+        return self.iter / self.iters_per_epoch if self.iters_per_epoch else None
+
     # -- training ---------------------------------------------------------------------------------------
     def lr(self):
         """The learning rate the next update uses."""
@@ -271,8 +313,9 @@ class SGDSolver:
             value = backend.to_cpu(self.net.blobs[name].data)
             if value.size == 1:
                 outputs.append(f", {name} = {float(value.reshape(())):.6g}")
-        log.info("Iteration %d, lr = %.6g, loss = %.6g%s", self.iter, self.lr(), self.smoothed_loss,
-                 "".join(outputs))
+        epoch = self.epoch()
+        log.info("Iteration %d%s, lr = %.6g, loss = %.6g%s", self.iter,
+                 "" if epoch is None else f" (epoch {epoch:.2f})", self.lr(), self.smoothed_loss, "".join(outputs))
 
     def apply_update(self):
         """SGDSolver::ApplyUpdate: rate, clipping, then per param Normalize, Regularize, ComputeUpdateValue,
@@ -362,12 +405,13 @@ class SGDSolver:
         folder = os.path.dirname(base)
         if folder:
             os.makedirs(folder, exist_ok=True)
-        self.weights_writer(weights_path, {"iter": self.iter})
+        self.weights_writer(weights_path, {"iter": self.iter, "solver_overrides": self.overrides})
         meta = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "iter": self.iter,
             "current_step": self.current_step, "losses": self._losses,
             "rng_state": backend.get_rng_state(), "weights": os.path.basename(weights_path),
             "hooks": [hook.snapshot_state() for hook in self.snapshot_hooks],
+            "solver_overrides": self.overrides,
         }
         arrays = {f"history/{i}": backend.to_cpu(h) for i, h in enumerate(self.history)}
         arrays.update({f"param/{i}": backend.to_cpu(b.data) for i, b in enumerate(self.net.learnable_params)})
@@ -376,7 +420,8 @@ class SGDSolver:
         return state_path
 
     def restore(self, path):
-        """Continue from a .solverstate: params, iteration, momentum, loss window, RNG and hook states."""
+        """Continue from a .solverstate: params, iteration, momentum, loss window, RNG, hook states and the
+        solver overrides it was trained with (states written before overrides existed have none)."""
         path = str(path)
         arrays, meta = weights.read_npz(path, "solver state")
         if meta.get("format") != STATE_FORMAT:
@@ -386,6 +431,7 @@ class SGDSolver:
             it, current_step = int(meta["iter"]), int(meta["current_step"])
             losses = [float(x) for x in meta["losses"]]
             rng_state, hooks = meta["rng_state"], list(meta["hooks"])
+            overrides = dict(meta.get("solver_overrides", {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise Error(f"{path}: solver state meta is incomplete or malformed ({exc!r})") from None
         restored = []
@@ -402,6 +448,10 @@ class SGDSolver:
         if len(hooks) != len(self.snapshot_hooks):
             raise Error(f"{path}: holds {len(hooks)} snapshot hook state(s) but the solver has "
                         f"{len(self.snapshot_hooks)} snapshot hook(s)")
+        try:
+            self.override(**overrides)
+        except (Error, TypeError, ValueError) as exc:
+            raise Error(f"{path}: bad solver_overrides {overrides!r} ({exc})") from None
         for blob, (_, value) in zip(self.net.learnable_params, restored):
             blob.data[...] = value
         history = [h for h, _ in restored]

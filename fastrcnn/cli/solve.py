@@ -12,7 +12,11 @@ def parse_args(argv=None):
     parser.add_argument("--weights", default=None, help="initial weights, e.g. ImageNet (.caffemodel or .npz)")
     parser.add_argument("--restore", default=None, metavar="STATE", help="continue from a .solverstate")
     parser.add_argument("--iters", type=int, default=None,
-                        help="train to this iteration (default: the solver's max_iter, else 40000)")
+                        help="train to this iteration (default: the solver's max_iter, else 40000); past max_iter "
+                        "under lr_policy poly (lr 0 there) it is refused: raise max_iter too")
+    parser.add_argument("--max-iter", type=int, default=None, metavar="N",
+                        help="the solver's max_iter for this run (where poly's lr reaches 0), saved in the "
+                        "snapshots; --restore puts it back")
     parser.add_argument("--imdb", default=None, help="training set, e.g. voc_2007_trainval, voc:<folder>:<split>, "
                         "coco:<images>:<annotations.json>, toy_train (default: the data layer's imdb)")
     parser.add_argument("--output", default=None, metavar="DIR",
@@ -29,7 +33,8 @@ def main(argv=None):
         from ..rcnn.train import train
         path = train(args.solver, weights=args.weights, restore=args.restore, iters=args.iters, imdb=args.imdb,
                      cfg_file=args.cfg, set_pairs=set_pairs(args.set), output_dir=args.output,
-                     data_root=args.data_root, progress=not args.quiet)
+                     data_root=args.data_root, progress=not args.quiet,
+                     max_iter=args.max_iter)
         print(path)
     run_main(solve)
 

@@ -19,7 +19,7 @@ import numpy as np
 from .. import backend, protoio
 from ..errors import Error
 from ..fileio import atomic_write
-from ..solver import SGDSolver, train_net_source
+from ..solver import SGDSolver, check_schedule, train_net_source
 from . import config as config_mod
 from .datasets import get_dataset
 from .proposals import load_or_compute_proposals
@@ -150,10 +150,32 @@ def default_output_dir(solver_path):
     return Path("output", *parts) if parts else Path("output", folder.name)
 
 
+def log_schedule(solver, cfg, num_images, num_entries, stop):
+    """Set the solver's iterations per epoch (a pass over the roidb, flipped copies included) and log what an
+    epoch and the schedule to iteration ``stop`` cover in images and RoIs."""
+    ims = cfg.TRAIN.IMS_PER_BATCH * solver.param.iter_size
+    solver.iters_per_epoch = num_entries / ims
+    rois_per_image = cfg.TRAIN.BATCH_SIZE // cfg.TRAIN.IMS_PER_BATCH
+    log.info("Epoch: %d images (%d%s), %d RoIs (%d per image), %.4g iterations of %d images", num_entries,
+             num_images, " and their flipped copies" if num_entries > num_images else "",
+             num_entries * rois_per_image, rois_per_image, solver.iters_per_epoch, ims)
+    log.info("Schedule: %d iterations = %.3g epochs (%d images, %d RoIs)", stop, stop / solver.iters_per_epoch,
+             stop * ims, stop * ims * rois_per_image)
+
+
 def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_file=None, set_pairs=(),
-          output_dir=None, data_root=None, progress=True):
-    """Train as the solver says; returns the path of the final weights."""
+          output_dir=None, data_root=None, progress=True, max_iter=None):
+    """Train as the solver says; returns the path of the final weights.
+
+    ``iters`` is the iteration to train to (default the solver's ``max_iter``); ``max_iter`` overrides the
+    solver's for this run (recorded in the snapshots, put back by ``restore``). Training past ``max_iter``
+    under poly, whose learning rate is 0 from there on, is refused before anything is loaded.
+    """
     solver_param, net_source = train_net_source(solver_path)
+    if max_iter is not None:
+        solver_param.max_iter = max_iter
+    if iters and (restore is None or max_iter is not None):  # else the state may bring its own max_iter
+        check_schedule(solver_param, iters, str(solver_path))
     net_param = protoio.load_net(net_source)
     cfg = build_config(net_param, cfg_file, set_pairs)
     lp = data_layer_param(net_param)
@@ -202,7 +224,12 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
                         "from zeros (give --weights or a weight_filler)", name)
         if restore:
             solver.restore(restore)
-        return _run(solver, cfg, iters or solver_param.max_iter or 40000, output_dir, progress)
+        if max_iter is not None:
+            solver.override(max_iter=max_iter)
+        stop = iters or solver.param.max_iter or 40000
+        check_schedule(solver.param, stop, str(solver_path))
+        log_schedule(solver, cfg, dataset.num_images, len(roidb), stop)
+        return _run(solver, cfg, stop, output_dir, progress)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -226,7 +253,8 @@ def _run(solver, cfg, max_iters, output_dir, progress):
                         "or check the dataset for degenerate boxes")
         history.append((solver.iter, total, losses))
         seconds = (time.perf_counter() - start) / (solver.iter - start_iter)
-        bar.set_postfix_str(f"loss {solver.smoothed_loss:.4f} lr {solver.lr():.2g} {seconds:.2f}s/it")
+        bar.set_postfix_str(f"epoch {solver.epoch():.2f} loss {solver.smoothed_loss:.4f} lr {solver.lr():.2g} "
+                            f"{seconds:.2f}s/it")
         bar.update(1)
         if cfg.TRAIN.SNAPSHOT_ITERS and solver.iter % cfg.TRAIN.SNAPSHOT_ITERS == 0:
             last_snapshot = solver.snapshot()

@@ -74,6 +74,8 @@ def test_api_refuses_poly_past_max_iter_also_after_a_restore(data, tmp_path):
         run(data, solver, tmp_path / "a", iters=3)
     with pytest.raises(Error, match="iteration 5 but max_iter is 4"):
         run(data, solver, tmp_path / "a", iters=5, max_iter=4)
+    with pytest.raises(Error, match="--max-iter must be at least 1, got 0"):
+        run(data, solver, tmp_path / "a", max_iter=0)
     run(data, solver, tmp_path / "a", iters=1)
     with pytest.raises(Error, match="iteration 3 but max_iter is 2"):
         run(data, solver, tmp_path / "a", iters=3, restore=tmp_path / "a" / "s_iter_1.solverstate")

@@ -159,8 +159,8 @@ def log_schedule(solver, cfg, num_images, num_entries, stop):
     log.info("Epoch: %d images (%d%s), %d RoIs (%d per image), %.4g iterations of %d images", num_entries,
              num_images, " and their flipped copies" if num_entries > num_images else "",
              num_entries * rois_per_image, rois_per_image, solver.iters_per_epoch, ims)
-    log.info("Schedule: %d iterations = %.3g epochs (%d images, %d RoIs)", stop, stop / solver.iters_per_epoch,
-             stop * ims, stop * ims * rois_per_image)
+    log.info("Schedule: %d iterations = %.3g epochs (%d images, %d RoIs)%s", stop, stop / solver.iters_per_epoch,
+             stop * ims, stop * ims * rois_per_image, f", from iteration {solver.iter}" if solver.iter else "")
 
 
 def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_file=None, set_pairs=(),
@@ -173,6 +173,8 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
     """
     solver_param, net_source = train_net_source(solver_path)
     if max_iter is not None:
+        if max_iter < 1:
+            raise Error(f"--max-iter must be at least 1, got {max_iter}")
         solver_param.max_iter = max_iter
     if iters and (restore is None or max_iter is not None):  # else the state may bring its own max_iter
         check_schedule(solver_param, iters, str(solver_path))

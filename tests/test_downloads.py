@@ -14,7 +14,7 @@ import pytest
 
 from fastrcnn.errors import Error
 from fastrcnn.rcnn import downloads
-from fastrcnn.rcnn.downloads import extract, fetch, fetch_any, file_md5
+from fastrcnn.rcnn.downloads import extract, fetch, fetch_any, file_digest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_fetch_downloads_checks_md5_and_leaves_no_temp_file(server, tmp_path):
     url, md5 = serve(server, "blob.bin", os.urandom(3 << 20))
     dest = tmp_path / "out" / "blob.bin"
     assert fetch(url, dest, md5=md5, progress=False) == dest
-    assert file_md5(dest) == md5
+    assert file_digest(dest) == md5
     assert sorted(p.name for p in dest.parent.iterdir()) == ["blob.bin"]
 
 

@@ -28,10 +28,10 @@ DEFAULT_OUTPUT = REPO / "data" / "reference"
 SOURCES = {"original-models": "models", "demo-images": "data/demo"}
 
 
-def read_manifest(path=MANIFEST):
-    """{relative path: sha256} from a ``sha256sum``-format list ('#' lines are comments)."""
+def read_manifest():
+    """{relative path: sha256} from :data:`MANIFEST`, a ``sha256sum``-format list ('#' lines are comments)."""
     files = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in MANIFEST.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             digest, rel = line.split(maxsplit=1)
             files[rel.lstrip("*")] = digest
@@ -42,11 +42,6 @@ def source_path(rel):
     """The path in the original repository of ``rel`` (a path of the local layout)."""
     folder, rest = rel.split("/", 1)
     return f"{SOURCES[folder]}/{rest}"
-
-
-def missing_files(folder, manifest=None):
-    """The paths of the manifest that ``folder`` does not hold."""
-    return [rel for rel in (manifest or read_manifest()) if not (Path(folder) / rel).is_file()]
 
 
 def main(argv=None):

@@ -31,7 +31,8 @@ CONV5 = {"CaffeNet": "conv5", "VGG_CNN_M_1024": "conv5", "VGG16": "conv5_3"}
 POOLED = {"CaffeNet": 6, "VGG_CNN_M_1024": 6, "VGG16": 7}
 
 
-def _fetch_script():
+def fetch_script():
+    """scripts/fetch_reference.py as a module (its manifest, source paths and main)."""
     spec = importlib.util.spec_from_file_location("fetch_reference", REPO / "scripts" / "fetch_reference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,13 +42,13 @@ def _fetch_script():
 def find_reference():
     """(folder, None) for the first place holding every file of scripts/fetch_reference.sha256, else
     (None, a one-line reason that says how to get them). ``$FASTRCNN_REFERENCE``, where set, is the only place."""
-    script = _fetch_script()
+    script = fetch_script()
     manifest = script.read_manifest()
     env = os.environ.get(REFERENCE_ENV)
     places = [Path(env)] if env else [script.DEFAULT_OUTPUT, REPO.parent / "shared" / "reference"]
     incomplete = []
     for place in places:
-        missing = script.missing_files(place, manifest)
+        missing = [rel for rel in manifest if not (place / rel).is_file()]
         if not missing:
             return place, None
         if place.is_dir() or env:

@@ -10,9 +10,10 @@ import pytest
 
 import fastrcnn
 from fastrcnn import protoio
+from fastrcnn.rcnn.downloads import file_digest
 from fastrcnn.rcnn.roi_data_layer import RoIDataLayer
-from model_helpers import (ALL_FILES, CONV5, POOLED, SOLVERS, TEST_NETS, TRAIN_NETS, image_blob, layer_mults,
-                           models_dir, msra_fill)
+from model_helpers import (ALL_FILES, CONV5, POOLED, SOLVERS, TEST_NETS, TRAIN_NETS, fetch_script, image_blob,
+                           layer_mults, models_dir, msra_fill)
 
 IMAGE = (1, 3, 128, 160)
 # [batch, x1, y1, x2, y2]: the whole image, boxes whose corners × 1/16 land on .5, a 1-pixel box.
@@ -32,6 +33,13 @@ def test_inventory(reference_dir):
     found = sorted(str(p.relative_to(models_dir(reference_dir))) for p in models_dir(reference_dir).rglob("*.prototxt"))
     assert found == sorted(ALL_FILES)
     assert len(found) == 29
+
+
+def test_files_are_those_of_the_sha256_list(reference_dir):
+    """The copy the tests read is the one scripts/fetch_reference.py downloads, byte for byte."""
+    wrong = [rel for rel, digest in fetch_script().read_manifest().items()
+             if file_digest(reference_dir / rel, "sha256") != digest]
+    assert not wrong, f"SHA-256 not that of scripts/fetch_reference.sha256: {wrong} in {reference_dir}"
 
 
 @pytest.mark.parametrize("rel", SOLVERS)

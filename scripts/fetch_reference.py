@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Download the original Fast R-CNN files the tests compare against into ``data/reference/``.
 
-From one commit of github.com/rbgirshick/fast-rcnn: the 29 PASCAL VOC model definitions of its ``models/``
-folder (into ``original-models/``; its COCO variants are not needed) and the two demo images with their selective-search proposals, ``data/demo/*.jpg`` and
-``*_boxes.mat`` (into ``demo-images/``), about 0.4 MB in all. Each file is checked against its SHA-256 in
-``fetch_reference.sha256`` beside this script and renamed into place only then; a file already present with the
-right SHA-256 is not downloaded again, so an interrupted run picks up where it stopped. The tests look for this
-folder in ``$FASTRCNN_REFERENCE``, then ``data/reference/``, then ``../shared/reference/``.
+From one commit of github.com/rbgirshick/fast-rcnn: the 29 PASCAL VOC model definitions of its ``models/`` folder
+(into ``original-models/``; its COCO variants are not needed) and the two demo images with their selective-search
+proposals, ``data/demo/*.jpg`` and ``*_boxes.mat`` (into ``demo-images/``), about 0.4 MB in all. Each file is
+checked against its SHA-256 in ``fetch_reference.sha256`` beside this script and renamed into place only then; a
+file already present with the right SHA-256 is not downloaded again, so an interrupted run picks up where it
+stopped. The tests look for this folder in ``$FASTRCNN_REFERENCE``, then ``data/reference/``, then
+``../shared/reference/``.
 """
 import argparse
 import os

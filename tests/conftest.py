@@ -1,8 +1,9 @@
-"""Test set-up: the helpers' folder on sys.path, ../shared located, and CI's strict mode.
+"""Test set-up: the helpers' folder on sys.path, the original Fast R-CNN files located, and CI's strict mode.
 
-Tests that need ../shared (the reference models) or an oracle (PyTorch, OpenCV's dnn, protoc) skip with a
-reason where those are absent, as on a user's clone. With FASTRCNN_STRICT_TESTS=1 (set by .ci/run) every
-such skip is a failure: only tests that need a GPU may skip there.
+Tests that need the original files (``scripts/fetch_reference.py`` downloads them; see
+``model_helpers.find_reference``) or an optional oracle (protoc, a third-party caffemodel) skip with a reason
+that names the remedy where those are absent, as on a user's clone. With FASTRCNN_STRICT_TESTS=1 (set by
+.ci/run) every such skip is a failure: only tests that need a GPU may skip there.
 """
 import os
 import sys
@@ -12,16 +13,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from model_helpers import find_reference  # noqa: E402
+
 STRICT = os.environ.get("FASTRCNN_STRICT_TESTS") == "1"
 
 
 @pytest.fixture(scope="session")
-def shared_dir():
-    """The reference material beside the checkout (../shared), or a skip."""
-    if not (SHARED / "reference").is_dir():
-        pytest.skip(f"needs the reference material at {SHARED}")
-    return SHARED
+def reference_dir():
+    """The folder holding ``original-models/`` and ``demo-images/``, or a skip saying how to get it."""
+    folder, reason = find_reference()
+    if folder is None:
+        pytest.skip(reason)
+    return folder
 
 
 @pytest.hookimpl(hookwrapper=True)

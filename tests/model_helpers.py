@@ -1,9 +1,21 @@
-"""Helpers for tests on the original Fast R-CNN model definitions (../shared/reference/original-models).
+"""Helpers for tests on the original Fast R-CNN model definitions and demo images, and on the nets of prototxt/.
 
-The inventory lists the 29 files of the original ``models/`` folder; the fill gives a net random weights
-whose activations neither vanish nor explode through 16 layers, so comparisons stay meaningful.
+The original files (``original-models/``, ``demo-images/``) are found by :func:`find_reference`: in
+``$FASTRCNN_REFERENCE``, then ``data/reference/`` (where ``scripts/fetch_reference.py`` puts them), then
+``../shared/reference/`` beside the checkout. The inventory lists the 29 files of the original ``models/`` folder;
+the fill gives a net random weights whose activations neither vanish nor explode through 16 layers, so
+comparisons stay meaningful.
 """
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOTXT = REPO / "prototxt"
+REFERENCE_ENV = "FASTRCNN_REFERENCE"
+FETCH_HINT = f"run `python scripts/fetch_reference.py` (or set {REFERENCE_ENV})"
 
 MODELS = ("CaffeNet", "VGG_CNN_M_1024", "VGG16")
 #: The 9 test nets: each model's full, compressed (truncated-SVD fc6/fc7) and no_bbox_reg variants.
@@ -19,8 +31,34 @@ CONV5 = {"CaffeNet": "conv5", "VGG_CNN_M_1024": "conv5", "VGG16": "conv5_3"}
 POOLED = {"CaffeNet": 6, "VGG_CNN_M_1024": 6, "VGG16": 7}
 
 
-def models_dir(shared_dir):
-    return shared_dir / "reference" / "original-models"
+def fetch_script():
+    """scripts/fetch_reference.py as a module (its manifest, source paths and main)."""
+    spec = importlib.util.spec_from_file_location("fetch_reference", REPO / "scripts" / "fetch_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_reference():
+    """(folder, None) for the first place holding every file of scripts/fetch_reference.sha256, else
+    (None, a one-line reason that says how to get them). ``$FASTRCNN_REFERENCE``, where set, is the only place."""
+    script = fetch_script()
+    manifest = script.read_manifest()
+    env = os.environ.get(REFERENCE_ENV)
+    places = [Path(env)] if env else [script.DEFAULT_OUTPUT, REPO.parent / "shared" / "reference"]
+    incomplete = []
+    for place in places:
+        missing = [rel for rel in manifest if not (place / rel).is_file()]
+        if not missing:
+            return place, None
+        if place.is_dir() or env:
+            incomplete.append(f"{place} lacks {len(missing)} of the {len(manifest)} files, e.g. {missing[0]}")
+    return None, "; ".join([f"needs the original Fast R-CNN model files and demo images: {FETCH_HINT}"]
+                           + incomplete)
+
+
+def models_dir(reference_dir):
+    return reference_dir / "original-models"
 
 
 def msra_fill(net, seed):

@@ -1,5 +1,5 @@
-"""Download helpers against a local HTTP server (never the internet): md5 checks, skip-if-present, atomic
-rename, safe extraction, and a fetch script run end to end with its URL overridden."""
+"""Download helpers against a local HTTP server (never the internet): md5 and SHA-256 checks, skip-if-present,
+atomic rename, safe extraction, and the fetch scripts run end to end with their URLs overridden."""
 import hashlib
 import http.server
 import io
@@ -14,23 +14,36 @@ import pytest
 
 from fastrcnn.errors import Error
 from fastrcnn.rcnn import downloads
-from fastrcnn.rcnn.downloads import extract, fetch, fetch_any, file_md5
+from fastrcnn.rcnn.downloads import extract, fetch, fetch_any, file_digest
+from model_helpers import ALL_FILES, fetch_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """Serves tmp_path/'srv' on 127.0.0.1; ``.requests`` lists the paths asked for."""
+    """Serves tmp_path/'srv' on 127.0.0.1; ``.requests`` lists the paths asked for; a path in ``.cut_short``
+    is answered with its full Content-Length but only half its bytes, as by a dropped connection."""
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "srv"
     root.mkdir()
-    requests = []
+    requests, cut_short = [], set()
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            if self.path not in cut_short:
+                return super().do_GET()
+            data = (root / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.close_connection = True
+            return None
 
         def log_message(self, *args):
             requests.append(self.path)
@@ -38,7 +51,7 @@ def server(tmp_path, monkeypatch):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    httpd.root, httpd.requests = root, requests
+    httpd.root, httpd.requests, httpd.cut_short = root, requests, cut_short
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield httpd
     httpd.shutdown()
@@ -65,7 +78,11 @@ def test_fetch_downloads_checks_md5_and_leaves_no_temp_file(server, tmp_path):
     url, md5 = serve(server, "blob.bin", os.urandom(3 << 20))
     dest = tmp_path / "out" / "blob.bin"
     assert fetch(url, dest, md5=md5, progress=False) == dest
-    assert file_md5(dest) == md5
+    assert file_digest(dest) == md5
+    sha256 = hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert file_digest(dest, "sha256") == sha256
+    fetch(url, dest, sha256=sha256.upper(), progress=False)  # present with the right SHA-256: kept
+    assert len(server.requests) == 1
     assert sorted(p.name for p in dest.parent.iterdir()) == ["blob.bin"]
 
 
@@ -216,3 +233,103 @@ def test_fetch_script_url_from_environment_and_md5_failure(server, tmp_path):
 def test_archive_env_var_names():
     archive = downloads.Archive("voc2007-trainval", "a.tar", ("http://example.invalid/a.tar",), None)
     assert archive.env_var == "FASTRCNN_URL_VOC2007_TRAINVAL"
+
+
+# ---------------------------------------------------------------------------------------------- fetch_reference
+
+def test_reference_manifest_lists_the_original_files():
+    script = fetch_script()
+    manifest = script.read_manifest()
+    demo = [f"demo-images/{n}{s}" for n in ("000004", "001551") for s in (".jpg", "_boxes.mat")]
+    assert sorted(manifest) == sorted([f"original-models/{f}" for f in ALL_FILES] + demo)
+    assert all(len(d) == 64 and set(d) <= set("0123456789abcdef") for d in manifest.values())
+    assert script.source_path("original-models/VGG16/fc_only/train.prototxt") == "models/VGG16/fc_only/train.prototxt"
+    assert script.source_path("demo-images/000004_boxes.mat") == "data/demo/000004_boxes.mat"
+    assert script.BASE_URL.startswith("https://raw.githubusercontent.com/rbgirshick/fast-rcnn/")
+
+
+@pytest.fixture
+def reference_source(server, tmp_path, monkeypatch):
+    """The fetch script with a manifest of three files the server holds at their original repository paths."""
+    script = fetch_script()
+    files = {"original-models/CaffeNet/test.prototxt": b'name: "CaffeNet"\n',
+             "original-models/VGG16/fc_only/solver.prototxt": b"base_lr: 0.001\n",
+             "demo-images/000004_boxes.mat": os.urandom(1 << 16)}
+    lines = ["# a comment"]
+    for rel, data in files.items():
+        source = server.root / script.source_path(rel)
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(data)
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}")
+    manifest = tmp_path / "reference.sha256"
+    manifest.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(script, "MANIFEST", manifest)
+    return script, files, tmp_path / "reference"
+
+
+def _main(script, out, server, capsys):
+    status = script.main(["--output", str(out), "--base-url", server.url + "/", "--no-progress"])
+    return status, capsys.readouterr()
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_fetch_reference_writes_the_layout_and_resumes(reference_source, server, capsys):
+    script, files, out = reference_source
+    status, printed = _main(script, out, server, capsys)
+    assert status == 0, printed.err
+    assert _tree(out) == set(files)
+    assert all((out / rel).read_bytes() == data for rel, data in files.items())
+    assert sorted(server.requests) == sorted(f"/{script.source_path(rel)}" for rel in files)
+    assert "3 files in" in printed.out and "FASTRCNN_REFERENCE" in printed.out
+
+    status, printed = _main(script, out, server, capsys)  # all present and right: nothing asked for
+    assert status == 0 and len(server.requests) == 3
+    assert printed.out.count("already present with the right sha256") == 3
+
+
+def test_fetch_reference_interrupted_download_leaves_no_file_and_a_rerun_finishes(reference_source, server,
+                                                                                    capsys):
+    script, files, out = reference_source
+    cut = "/" + script.source_path("demo-images/000004_boxes.mat")
+    server.cut_short.add(cut)
+    status, printed = _main(script, out, server, capsys)
+    assert status == 1
+    assert "000004_boxes.mat failed: got 32768 of 65536 bytes" in printed.err and "rerun" in printed.err
+    assert _tree(out) == set(files) - {"demo-images/000004_boxes.mat"}  # no partial file, the others kept
+
+    server.cut_short.clear()
+    requests_before = len(server.requests)
+    status, printed = _main(script, out, server, capsys)
+    assert status == 0, printed.err
+    assert server.requests[requests_before:] == [cut]  # only the missing file is fetched again
+    assert (out / "demo-images/000004_boxes.mat").read_bytes() == files["demo-images/000004_boxes.mat"]
+
+
+def test_fetch_reference_checksum_mismatch_is_an_error(reference_source, server, capsys):
+    script, files, out = reference_source
+    rel = "original-models/VGG16/fc_only/solver.prototxt"
+    expected = hashlib.sha256(files[rel]).hexdigest()
+    (server.root / script.source_path(rel)).write_bytes(b"base_lr: 0.1\n")  # not the file of the manifest
+    status, printed = _main(script, out, server, capsys)
+    assert status == 1
+    assert f"sha256 mismatch for {server.url}/models/VGG16/fc_only/solver.prototxt: expected {expected}" \
+        in printed.err
+    assert not (out / rel).exists() and not list(out.rglob("*.part"))
+
+
+def test_fetch_reference_script_with_the_real_manifest(server, tmp_path):
+    """Run as a script, URL from the environment: the served bytes are not the original's, so the first file
+    fails its SHA-256 and nothing is written."""
+    script = fetch_script()
+    first, digest = next(iter(script.read_manifest().items()))
+    source = server.root / script.source_path(first)
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"not the original")
+    out = tmp_path / "reference"
+    failed = _run_script("fetch_reference.py", "--output", str(out), env={"FASTRCNN_URL_REFERENCE": server.url})
+    assert failed.returncode == 1
+    assert f"sha256 mismatch for {server.url}/{script.source_path(first)}: expected {digest}" in failed.stderr
+    assert not out.exists() or not _tree(out)

@@ -1,7 +1,8 @@
-"""The original TEST nets against OpenCV's dnn module, an independent Caffe implementation.
+"""The S/M/L TEST nets (prototxt/, the original's nets layer for layer) against OpenCV's dnn module, an
+independent Caffe implementation.
 
 Each net gets He-initialised random weights, written as a .caffemodel by ``fastrcnn.weights.save_weights``
-and read back by ``cv2.dnn.readNetFromCaffe`` with the original prototxt; both run the same image blob and
+and read back by ``cv2.dnn.readNetFromCaffe`` with the same prototxt; both run the same image blob and
 RoIs (some whose corners × 1/16 land on .5, where the original's C ``round`` goes away from zero) and are
 compared blob by blob as max|ours − OpenCV| / max|OpenCV|.
 
@@ -16,7 +17,7 @@ import fastrcnn
 from fastrcnn import protoio
 from fastrcnn.weights import save_weights
 from layer_helpers import make_layer, relative_error
-from model_helpers import CONV5, image_blob, models_dir, msra_fill
+from model_helpers import CONV5, PROTOTXT, image_blob, msra_fill
 
 TOLERANCE = 1e-4
 HEIGHT, WIDTH = 224, 288
@@ -78,16 +79,16 @@ def assert_close(errors):
 
 
 @pytest.mark.parametrize("model", ["CaffeNet", "VGG16"])
-def test_test_net_matches_opencv(cv2, shared_dir, tmp_path, model):
-    prototxt = models_dir(shared_dir) / model / "test.prototxt"
+def test_test_net_matches_opencv(cv2, tmp_path, model):
+    prototxt = PROTOTXT / model / "test.prototxt"
     errors, ours = compare(cv2, prototxt, model, tmp_path)
     print(model, errors)
     assert_close(errors)
     assert numpy.abs(ours["pool5"]).max() > 1.0  # the features are alive, so the comparison means something
 
 
-def test_vgg_cnn_m_1024_with_k1_matches_opencv(cv2, shared_dir, tmp_path):
-    text = (models_dir(shared_dir) / "VGG_CNN_M_1024" / "test.prototxt").read_text()
+def test_vgg_cnn_m_1024_with_k1_matches_opencv(cv2, tmp_path):
+    text = (PROTOTXT / "VGG_CNN_M_1024" / "test.prototxt").read_text()
     assert text.count("k: 2") == 2  # norm1 and norm2
     copy = tmp_path / "test_k1.prototxt"
     copy.write_text(text.replace("k: 2", "k: 1"))
@@ -97,9 +98,9 @@ def test_vgg_cnn_m_1024_with_k1_matches_opencv(cv2, shared_dir, tmp_path):
 
 
 @pytest.mark.parametrize("layer", ["norm1", "norm2"])
-def test_vgg_cnn_m_1024_lrn_k2_matches_torch(shared_dir, layer):
+def test_vgg_cnn_m_1024_lrn_k2_matches_torch(layer):
     torch = pytest.importorskip("torch", reason="needs PyTorch as the LRN oracle")
-    net_param = protoio.load_net(models_dir(shared_dir) / "VGG_CNN_M_1024" / "test.prototxt")
+    net_param = protoio.load_net(PROTOTXT / "VGG_CNN_M_1024" / "test.prototxt")
     lp = next(lp for lp in net_param.layer if lp.name == layer)
     p = lp.lrn_param
     assert (p.local_size, p.k) == (5, 2.0)

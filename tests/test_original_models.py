@@ -10,9 +10,10 @@ import pytest
 
 import fastrcnn
 from fastrcnn import protoio
+from fastrcnn.rcnn.downloads import file_digest
 from fastrcnn.rcnn.roi_data_layer import RoIDataLayer
-from model_helpers import (ALL_FILES, CONV5, POOLED, SOLVERS, TEST_NETS, TRAIN_NETS, image_blob, layer_mults,
-                           models_dir, msra_fill)
+from model_helpers import (ALL_FILES, CONV5, POOLED, SOLVERS, TEST_NETS, TRAIN_NETS, fetch_script, image_blob,
+                           layer_mults, models_dir, msra_fill)
 
 IMAGE = (1, 3, 128, 160)
 # [batch, x1, y1, x2, y2]: the whole image, boxes whose corners × 1/16 land on .5, a 1-pixel box.
@@ -28,15 +29,22 @@ def model_of(rel):
     return rel.split("/")[0]
 
 
-def test_inventory(shared_dir):
-    found = sorted(str(p.relative_to(models_dir(shared_dir))) for p in models_dir(shared_dir).rglob("*.prototxt"))
+def test_inventory(reference_dir):
+    found = sorted(str(p.relative_to(models_dir(reference_dir))) for p in models_dir(reference_dir).rglob("*.prototxt"))
     assert found == sorted(ALL_FILES)
     assert len(found) == 29
 
 
+def test_files_are_those_of_the_sha256_list(reference_dir):
+    """The copy the tests read is the one scripts/fetch_reference.py downloads, byte for byte."""
+    wrong = [rel for rel, digest in fetch_script().read_manifest().items()
+             if file_digest(reference_dir / rel, "sha256") != digest]
+    assert not wrong, f"SHA-256 not that of scripts/fetch_reference.sha256: {wrong} in {reference_dir}"
+
+
 @pytest.mark.parametrize("rel", SOLVERS)
-def test_solver_parses(shared_dir, rel):
-    solver = protoio.load_solver(models_dir(shared_dir) / rel)
+def test_solver_parses(reference_dir, rel):
+    solver = protoio.load_solver(models_dir(reference_dir) / rel)
     assert solver.train_net == f"models/{rel.replace('solver.prototxt', 'train.prototxt')}"
     assert (solver.base_lr, solver.lr_policy, solver.gamma, solver.stepsize) == pytest.approx(
         (0.001, "step", 0.1, 30000))
@@ -44,8 +52,8 @@ def test_solver_parses(shared_dir, rel):
 
 
 @pytest.mark.parametrize("rel", TEST_NETS + TRAIN_NETS)
-def test_net_parses(shared_dir, rel):
-    net = protoio.load_net(models_dir(shared_dir) / rel)
+def test_net_parses(reference_dir, rel):
+    net = protoio.load_net(models_dir(reference_dir) / rel)
     assert net.layer and not net.layers
     types = {lp.type for lp in net.layer}
     if rel.endswith("test.prototxt"):
@@ -60,9 +68,9 @@ def test_net_parses(shared_dir, rel):
 
 # -- TEST nets: one build and forward per net, shared by the checks below --------------------------------
 @pytest.fixture(scope="module", params=TEST_NETS)
-def test_net(request, shared_dir):
+def test_net(request, reference_dir):
     rel = request.param
-    net = fastrcnn.Net(str(models_dir(shared_dir) / rel), "TEST")
+    net = fastrcnn.Net(str(models_dir(reference_dir) / rel), "TEST")
     msra_fill(net, seed=1)
     image = image_blob(numpy.random.default_rng(2), IMAGE)
     out = net.forward(blobs=[CONV5[model_of(rel)], "pool5"], data=image, rois=ROIS)
@@ -129,8 +137,8 @@ def frozen_layers(rel):
 
 
 @pytest.fixture(scope="module", params=TRAIN_NETS)
-def train_net(request, shared_dir):
-    yield request.param, fastrcnn.Net(str(models_dir(shared_dir) / request.param), "TRAIN")
+def train_net(request, reference_dir):
+    yield request.param, fastrcnn.Net(str(models_dir(reference_dir) / request.param), "TRAIN")
 
 
 def test_train_net_uses_the_native_roi_data_layer(train_net):

@@ -34,9 +34,9 @@ def voc20(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["CaffeNet", "VGG_CNN_M_1024", "VGG16"])
-def test_original_solver_trains_one_iteration_unchanged(model, voc20, shared_dir, tmp_path, monkeypatch):
+def test_original_solver_trains_one_iteration_unchanged(model, voc20, reference_dir, tmp_path, monkeypatch):
     """The original solver names models/<Model>/train.prototxt relative to the fast-rcnn root."""
-    (tmp_path / "models").symlink_to(shared_dir / "reference" / "original-models")
+    (tmp_path / "models").symlink_to(reference_dir / "original-models")
     monkeypatch.chdir(tmp_path)
     weights = train(f"models/{model}/solver.prototxt", iters=1, imdb=f"voc:{voc20}:train", set_pairs=SMALL,
                     output_dir=tmp_path / "out", data_root=tmp_path / "data", progress=False)
@@ -127,13 +127,13 @@ def test_test_and_reval_compress_and_demo(toy_small, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_runs_on_the_original_images_with_the_s_net(shared_dir, tmp_path, capsys):
+def test_demo_runs_on_the_original_images_with_the_s_net(reference_dir, tmp_path, capsys):
     from fastrcnn.cli import demo as demo_cli
     net_path = str(REPO / "prototxt" / "CaffeNet" / "test.prototxt")
     net = fastrcnn.Net(net_path, "TEST")
     msra_fill(net, seed=0)
     net.save(str(tmp_path / "s.caffemodel"))
-    images = [str(shared_dir / "reference" / "demo-images" / f"{i}.jpg") for i in ("000004", "001551")]
+    images = [str(reference_dir / "demo-images" / f"{i}.jpg") for i in ("000004", "001551")]
     demo_cli.main(images + ["--net", net_path, "--weights", str(tmp_path / "s.caffemodel"), "--thresh", "0.0",
                             "--output", str(tmp_path / "demo")])
     out = capsys.readouterr().out

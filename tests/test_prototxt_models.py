@@ -35,8 +35,8 @@ def _ours(model, name):
     return PROTOTXT / model / f"{name}.prototxt"
 
 
-def _original(shared_dir, model, name):
-    return shared_dir / "reference" / "original-models" / model / f"{name}.prototxt"
+def _original(reference_dir, model, name):
+    return reference_dir / "original-models" / model / f"{name}.prototxt"
 
 
 def _generator():
@@ -95,9 +95,9 @@ def _assert_same_data_layer(ours, original):
 
 
 @pytest.mark.parametrize("model, name", EVERY_NET)
-def test_net_matches_the_original(shared_dir, model, name):
+def test_net_matches_the_original(reference_dir, model, name):
     ours = protoio.load_net(_ours(model, name))
-    original = protoio.load_net(_original(shared_dir, model, name))
+    original = protoio.load_net(_original(reference_dir, model, name))
     assert [lp.name for lp in ours.layer] == [lp.name for lp in original.layer]
     for mine, theirs in zip(ours.layer, original.layer):
         if theirs.type == "Python":
@@ -110,9 +110,9 @@ def test_net_matches_the_original(shared_dir, model, name):
 
 
 @pytest.mark.parametrize("model, name", EVERY_SOLVER)
-def test_solver_matches_the_original(shared_dir, model, name):
+def test_solver_matches_the_original(reference_dir, model, name):
     ours = protoio.load_solver(_ours(model, name))
-    original = protoio.load_solver(_original(shared_dir, model, name))
+    original = protoio.load_solver(_original(reference_dir, model, name))
     assert ours.train_net == "train.prototxt"
     assert ours.max_iter == 40000
     for solver in (ours, original):

@@ -76,8 +76,8 @@ def test_dataset_level_mat_becomes_0_based_x1_y1_x2_y2(tmp_path):
 
 
 @pytest.mark.parametrize("name,count", [("000004", 2888), ("001551", 2057)])
-def test_demo_boxes_mat_loads_as_0_based_x1_y1_x2_y2(shared_dir, name, count):
-    folder = shared_dir / "reference" / "demo-images"
+def test_demo_boxes_mat_loads_as_0_based_x1_y1_x2_y2(reference_dir, name, count):
+    folder = reference_dir / "demo-images"
     raw = scipy.io.loadmat(str(folder / f"{name}_boxes.mat"))["boxes"]
     assert raw.dtype == np.uint16
     boxes = load_proposals_file(folder / f"{name}_boxes.mat")

@@ -1,11 +1,11 @@
 """Broken inputs give fastrcnn.Error, never another exception.
 
-The original TEST prototxts are mutated in many seeded ways (truncation, unknown types and enum names,
-dangling or swapped bottoms, zero or negative sizes, groups that do not divide, broken braces, repeated names,
-...); building each net, and running a forward pass on a small input where it builds, must either work or
-raise ``fastrcnn.Error`` with a message. Weights files written from a small net are truncated and have bytes
-flipped; every load must be an Error or a correct load (for .npz, whose zip members carry CRCs, a load that
-succeeds must give back the original arrays).
+The S/M/L TEST prototxts of prototxt/ (the original's nets, layer for layer) are mutated in many seeded ways
+(truncation, unknown types and enum names, dangling or swapped bottoms, zero or negative sizes, groups that do
+not divide, broken braces, repeated names, ...); building each net, and running a forward pass on a small input
+where it builds, must either work or raise ``fastrcnn.Error`` with a message. Weights files written from a small
+net are truncated and have bytes flipped; every load must be an Error or a correct load (for .npz, whose zip
+members carry CRCs, a load that succeeds must give back the original arrays).
 """
 import re
 import zipfile
@@ -15,7 +15,7 @@ import pytest
 
 import fastrcnn
 from fastrcnn import weights
-from model_helpers import TEST_NETS, models_dir, msra_fill
+from model_helpers import PROTOTXT, TEST_NETS, msra_fill
 
 IMAGE = numpy.random.default_rng(0).standard_normal((1, 3, 64, 80), dtype=numpy.float32)
 ROIS = numpy.array([[0, 0, 0, 79, 63], [0, 8, 8, 40, 40]], dtype=numpy.float32)
@@ -56,10 +56,10 @@ def check_all(tmp_path, mutations):
 
 
 @pytest.fixture(params=TEST_NETS)
-def base(request, shared_dir):
-    """(name, shrunk text, seeded generator) of one original TEST prototxt."""
+def base(request):
+    """(name, shrunk text, seeded generator) of one S/M/L TEST prototxt."""
     rel = request.param
-    text = shrink((models_dir(shared_dir) / rel).read_text())
+    text = shrink((PROTOTXT / rel).read_text())
     return rel, text, numpy.random.default_rng(sum(map(ord, rel)))
 
 
@@ -191,8 +191,8 @@ def test_mutated_prototxt(base, tmp_path, family):
     assert counts["error"] > 0  # the mutations do break things
 
 
-def test_non_utf8_and_missing_files(tmp_path, shared_dir):
-    good = shrink((models_dir(shared_dir) / TEST_NETS[0]).read_text()).encode()
+def test_non_utf8_and_missing_files(tmp_path):
+    good = shrink((PROTOTXT / TEST_NETS[0]).read_text()).encode()
     for i, junk in enumerate((b"\xff\xfe", b"\x80", b"\xc3(")):
         path = tmp_path / f"junk{i}.prototxt"
         path.write_bytes(good[:200] + junk + good[200:])
@@ -203,9 +203,9 @@ def test_non_utf8_and_missing_files(tmp_path, shared_dir):
 
 # -- forward-time inputs ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def small_prototxt(shared_dir, tmp_path_factory):
+def small_prototxt(tmp_path_factory):
     path = tmp_path_factory.mktemp("small") / "test.prototxt"
-    path.write_text(shrink((models_dir(shared_dir) / "CaffeNet/test.prototxt").read_text()))
+    path.write_text(shrink((PROTOTXT / "CaffeNet/test.prototxt").read_text()))
     return path
 
 

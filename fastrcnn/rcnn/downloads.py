@@ -1,8 +1,9 @@
-"""Downloading and unpacking the public data: PASCAL VOC, the ImageNet caffemodels, selective-search boxes.
+"""Downloading and unpacking the public data: PASCAL VOC, the ImageNet caffemodels, selective-search boxes, and
+the original's model definitions and demo images.
 
 The original's ``data/scripts/fetch_*.sh`` skip a file whose md5 is already right, download with wget and untar.
-Here a download goes to a temporary file beside the destination, is checked against its md5 and only then
-renamed into place, so an interrupted or corrupt download never looks like a finished one. Several of the
+Here a download goes to a temporary file beside the destination, is checked against its md5 (or SHA-256) and
+only then renamed into place, so an interrupted or corrupt download never looks like a finished one. Several of the
 original hosts are gone, so every archive takes a list of mirrors and a URL override (flag or environment
 variable); the scripts in ``scripts/`` are thin tables of archives around :func:`run`.
 """
@@ -28,35 +29,37 @@ _TIMEOUT_S = 60
 _ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 
 
-def file_md5(path):
-    """The hex md5 of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path, algorithm="md5"):
+    """The hex digest (``md5`` or ``sha256``) of a file, read in chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def fetch(url, dest, md5=None, progress=True):
-    """Download ``url`` to ``dest`` unless ``dest`` is already there with the right md5; return ``dest``.
+def fetch(url, dest, md5=None, progress=True, sha256=None):
+    """Download ``url`` to ``dest`` unless ``dest`` is already there with the right digest; return ``dest``.
 
-    Without ``md5`` an existing ``dest`` is kept as it is (only complete downloads are ever renamed into place).
-    A wrong md5 is an Error naming url, expected and actual digests; the downloaded bytes are deleted.
+    The digest checked is ``sha256`` where given, else ``md5``. Without either an existing ``dest`` is kept as it
+    is (only complete downloads are ever renamed into place). A wrong digest is an Error naming url, expected and
+    actual digests; the downloaded bytes are deleted.
     """
     dest = Path(dest)
-    md5 = md5.lower() if md5 else None
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    expected = expected.lower() if expected else None
     if dest.is_file():
-        if md5 is None or file_md5(dest) == md5:
-            print(f"{dest} is already present{' with the right md5' if md5 else ''}; not downloading")
+        if expected is None or file_digest(dest, algorithm) == expected:
+            print(f"{dest} is already present{f' with the right {algorithm}' if expected else ''}; not downloading")
             return dest
-        print(f"{dest} has the wrong md5; downloading it again")
+        print(f"{dest} has the wrong {algorithm}; downloading it again")
     dest.parent.mkdir(parents=True, exist_ok=True)
     handle, part = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     try:
         with os.fdopen(handle, "wb") as out:
-            actual = _download(url, out, progress)
-        if md5 is not None and actual != md5:
-            raise Error(f"md5 mismatch for {url}: expected {md5}, got {actual} (the download was deleted)")
+            actual = _download(url, out, progress, algorithm)
+        if expected is not None and actual != expected:
+            raise Error(f"{algorithm} mismatch for {url}: expected {expected}, got {actual} (the download was deleted)")
         os.replace(part, dest)
     finally:
         if os.path.exists(part):
@@ -64,9 +67,9 @@ def fetch(url, dest, md5=None, progress=True):
     return dest
 
 
-def _download(url, out, progress):
-    """Stream ``url`` into the open file ``out``; return the md5 of what was written."""
-    digest = hashlib.md5(usedforsecurity=False)
+def _download(url, out, progress, algorithm):
+    """Stream ``url`` into the open file ``out``; return the ``algorithm`` digest of what was written."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     request = urllib.request.Request(url, headers={"User-Agent": "fastrcnn-downloader"})
     try:
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:  # noqa: S310  (user-chosen URL)
@@ -86,12 +89,12 @@ def _download(url, out, progress):
     return digest.hexdigest()
 
 
-def fetch_any(urls, dest, md5=None, progress=True):
-    """:func:`fetch` from the first of ``urls`` that works (a failed download or wrong md5 tries the next)."""
+def fetch_any(urls, dest, md5=None, progress=True, sha256=None):
+    """:func:`fetch` from the first of ``urls`` that works (a failed download or wrong digest tries the next)."""
     failures = []
     for i, url in enumerate(urls):
         try:
-            return fetch(url, dest, md5, progress)
+            return fetch(url, dest, md5, progress, sha256)
         except Error as exc:
             failures.append(str(exc))
             if i + 1 < len(urls):

@@ -94,7 +94,8 @@ if __name__ == "__main__":
             if _variable != "OPENBLAS_CORETYPE" or not openblas_pinned_to_avx2():  # keep an AVX2 pin of OpenBLAS
                 os.environ[_variable] = _value
     sys.path.insert(0, str(ROOT))
-    import fastrcnn  # noqa: F401  (picks OpenBLAS's kernel for CPUs it misdetects, before NumPy loads it)
+    from fastrcnn.cpu import tune_cpu
+    tune_cpu()  # as the commands: OpenBLAS's kernel for CPUs it misdetects (before NumPy loads it), malloc
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -144,7 +145,7 @@ def machine_info(threads):
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
             "threads": threads, "cpu": platform.processor(), "numpy": np.__version__,
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS's own choice)"),
-            # idempotent: true where importing fastrcnn made glibc keep freed memory (for every implementation)
+            # idempotent: true where tune_cpu made glibc keep freed memory (for every implementation)
             "malloc_keeps_freed_memory": retain_freed_memory()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

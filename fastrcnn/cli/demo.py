@@ -3,8 +3,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from .common import add_pipeline_options, run_main, set_pairs, setup
 
 log = logging.getLogger("fastrcnn")
@@ -56,6 +54,8 @@ def main(argv=None):
     def demo():
         args = parse_args(argv)
         setup(args)
+        import numpy as np
+
         from ..net import Net
         from ..rcnn.detect import apply_nms, im_detect
         from ..rcnn.image import read_image

@@ -122,7 +122,7 @@ print(fastrcnn.tune_cpu()["malloc_keeps_freed_memory"], faults())
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
-@pytest.mark.parametrize("command", ["solve", "test", "demo", "compress", "convert", "proposals"])
+@pytest.mark.parametrize("command", ["solve", "test", "demo", "compress", "convert", "proposals", "export"])
 def test_commands_tune_the_cpu_before_numpy_loads(command):
     """Every command chooses OpenBLAS's kernel (here a CPU that needs SkylakeX is simulated) while NumPy is not
     loaded yet, which ``choose_openblas_kernel`` requires, and makes glibc keep freed memory."""

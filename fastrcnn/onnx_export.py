@@ -279,7 +279,7 @@ def export_onnx(net_path, weights, output, opset=None):
 
 class OnnxNet:
     """An exported model run by onnxruntime with the part of Net's interface that detection uses:
-    ``name``, ``inputs``, ``outputs``, ``blobs`` (the outputs, for membership), ``weights_meta`` and
+    ``name``, ``inputs``, ``outputs``, ``blobs`` (their names, for membership), ``weights_meta`` and
     ``forward(blobs=None, **inputs)``. A forward without ``data`` reuses the last one (a chunk of RoIs)."""
 
     def __init__(self, path):
@@ -296,13 +296,13 @@ class OnnxNet:
             raise Error(f"ONNX model '{path}' does not load in onnxruntime: {exc}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.blobs = dict.fromkeys(self.outputs)
+        self.blobs = dict.fromkeys(self.inputs + self.outputs)
         meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         self.weights_meta = json.loads(meta) if meta else {}
         self._feed = {}
 
     def forward(self, blobs=None, start=None, end=None, **inputs):
-        unknown = [b for b in (blobs or ()) if b not in self.blobs]
+        unknown = [b for b in (blobs or ()) if b not in self.outputs]
         if unknown or start is not None or end is not None:
             raise Error(f"ONNX model '{self.name}' runs whole and returns its outputs only "
                         f"({', '.join(self.outputs)})")

@@ -214,3 +214,86 @@ def test_frcnn_export_writes_a_checked_model_with_the_weights_metadata(tmp_path)
                          text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 1 and "--opset 9: the export supports opsets 13" in bad.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def toy_small(tmp_path_factory):
+    from fastrcnn.rcnn.datasets.toy import generate_toy_dataset
+    root = tmp_path_factory.mktemp("toydata")
+    generate_toy_dataset(root / "small", seed=3, num_train=6, num_test=4)
+    return root
+
+
+def native_and_onnx_detections(weights, imdb, data_root, tmp_path, capsys, extra=()):
+    """frcnn-test with NET WEIGHTS, then frcnn-export and frcnn-test --onnx: (mAP lines, detections files)."""
+    from fastrcnn.cli import export as export_cli
+    from fastrcnn.cli import test as test_cli
+    from fastrcnn.rcnn.tester import load_detections
+    net = str(REPO / "prototxt" / "toy" / "test.prototxt")
+    common = ["--imdb", imdb, "--data-root", str(data_root), "--quiet", *extra]
+    test_cli.main([net, weights, "--output", str(tmp_path / "native")] + common)
+    native = capsys.readouterr().out.strip().splitlines()[-1]
+    export_cli.main([net, weights, str(tmp_path / "toy.onnx")])
+    capsys.readouterr()
+    test_cli.main(["--onnx", str(tmp_path / "toy.onnx"), "--output", str(tmp_path / "onnx")] + common)
+    exported = capsys.readouterr().out.strip().splitlines()[-1]
+    return (native, exported), [load_detections(tmp_path / d / "detections.npz")[0] for d in ("native", "onnx")]
+
+
+def assert_same_detections(ours, theirs):
+    assert sum(len(d) for row in ours[1:] for d in row) > 0
+    for row_ours, row_theirs in zip(ours, theirs):
+        for a, b in zip(row_ours, row_theirs):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)
+
+
+def test_frcnn_test_onnx_detects_as_the_native_net(toy_small, tmp_path, capsys):
+    """A toy detector trained two iterations: the same detections (boxes and scores) and mAP, also with the
+    RoIs forwarded in chunks (the ONNX model then runs whole per chunk)."""
+    from fastrcnn.rcnn.train import train
+    weights = train(str(REPO / "prototxt" / "toy" / "solver.prototxt"), imdb=f"voc:{toy_small / 'small'}:train",
+                    output_dir=tmp_path / "train", data_root=toy_small, progress=False, iters=2,
+                    set_pairs=["TRAIN.SCALES", "(160,)", "TRAIN.MAX_SIZE", "240", "TRAIN.IMS_PER_BATCH", "2"])
+    for extra in ((), ("--set", "TEST.ROIS_PER_FORWARD", "50")):
+        (native, exported), (ours, theirs) = native_and_onnx_detections(
+            weights, f"voc:{toy_small / 'small'}:test", toy_small, tmp_path / str(len(extra)), capsys, extra)
+        assert native.startswith("mAP: ") and abs(float(native.split()[1]) - float(exported.split()[1])) <= 0.001
+        assert_same_detections(ours, theirs)
+
+
+def test_frcnn_demo_onnx_and_option_errors(toy_small, tmp_path, capsys):
+    from fastrcnn.cli import demo as demo_cli
+    from fastrcnn.cli import test as test_cli
+    net = fastrcnn.Net(str(REPO / "prototxt" / "toy" / "test.prototxt"), "TEST")
+    fill(net)
+    net.params["bbox_pred"][0].data *= 0.01  # box deltas of a plausible size
+    model = tmp_path / "toy.onnx"
+    model.write_bytes(build_model(net).SerializeToString())
+    image = next((toy_small / "small" / "JPEGImages").glob("test_*.jpg"))
+    demo_cli.main([str(image), "--onnx", str(model), "--thresh", "0", "--output", str(tmp_path / "demo"),
+                   "--data-root", str(toy_small)])
+    assert (tmp_path / "demo" / f"{image.stem}_detections.png").exists()
+    assert "detections" in capsys.readouterr().out
+    for argv in (["a.prototxt", "w.npz", "--onnx", str(model)], ["--onnx", str(model), "--profile"]):
+        with pytest.raises(SystemExit):
+            test_cli.main(argv)
+    assert "--onnx replaces NET and WEIGHTS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        test_cli.main(["--onnx", str(tmp_path / "missing.onnx"), "--imdb", "toy_test", "--quiet"])
+    assert "missing.onnx' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_trained_toy_detector_map_through_onnx_equals_native(tmp_path, capsys):
+    """The toy detector as the README trains it (full solver): mAP through frcnn-test --onnx within 0.001."""
+    from fastrcnn.rcnn.train import train
+    data_root = tmp_path / "data"
+    weights = train(str(REPO / "prototxt" / "toy" / "solver.prototxt"), output_dir=tmp_path / "train",
+                    data_root=data_root, progress=False)
+    (native, exported), (ours, theirs) = native_and_onnx_detections(weights, "toy_test", data_root, tmp_path,
+                                                                    capsys)
+    print(native, exported)
+    assert float(native.split()[1]) >= 0.9
+    assert abs(float(native.split()[1]) - float(exported.split()[1])) <= 0.001
+    assert_same_detections(ours, theirs)

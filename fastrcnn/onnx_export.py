@@ -27,7 +27,6 @@ import numpy
 
 from .errors import Error
 from .fileio import atomic_write
-from .proto import caffe_pb2
 
 #: The opset written by default, and the lowest accepted (Softmax's single-axis form, Reshape's 0 = copy).
 DEFAULT_OPSET, MIN_OPSET = 17, 13
@@ -280,9 +279,10 @@ def export_onnx(net_path, weights, output, opset=None):
 class OnnxNet:
     """An exported model run by onnxruntime with the part of Net's interface that detection uses:
     ``name``, ``inputs``, ``outputs``, ``blobs`` (their names, for membership), ``weights_meta`` and
-    ``forward(blobs=None, **inputs)``. A forward without ``data`` reuses the last one (a chunk of RoIs)."""
+    ``forward(blobs=None, **inputs)``. A forward without ``data`` reuses the last one (a chunk of RoIs).
+    ``threads``: onnxruntime's intra-op threads (default: its own choice, the cores)."""
 
-    def __init__(self, path):
+    def __init__(self, path, threads=None):
         try:
             import onnxruntime
         except ImportError:
@@ -291,7 +291,10 @@ class OnnxNet:
         if not Path(path).is_file():
             raise Error(f"ONNX model '{path}' does not exist")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = onnxruntime.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise Error(f"ONNX model '{path}' does not load in onnxruntime: {exc}") from None
         self.inputs = [i.name for i in self.session.get_inputs()]

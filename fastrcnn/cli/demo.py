@@ -28,6 +28,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.onnx and (args.net or args.weights):
         parser.error("--onnx replaces --net and --weights")
+    if args.onnx and args.gpu is not None:
+        parser.error("--onnx runs onnxruntime on the CPU; leave out --gpu")
     if not args.onnx and not (args.net and args.weights):
         parser.error("give --net and --weights (or --onnx MODEL.onnx)")
     if args.proposals and len(args.images) != 1:

@@ -13,7 +13,7 @@ def parse_args(argv=None):
     parser.add_argument("weights", help="trained weights (.npz or .caffemodel)")
     parser.add_argument("output", help="the ONNX file to write (.onnx)")
     parser.add_argument("--opset", type=int, default=None, metavar="N",
-                        help="ONNX opset to target (default and lowest: the one the exporter is written for)")
+                        help="ONNX opset to write (default 17; 13 or later)")
     return parser.parse_args(argv)
 
 

@@ -27,6 +27,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.onnx and (args.net or args.weights or args.reval or args.profile):
         parser.error("--onnx replaces NET and WEIGHTS, and goes with neither --reval nor --profile")
+    if args.onnx and args.gpu is not None:
+        parser.error("--onnx runs onnxruntime on the CPU; leave out --gpu")
     if args.reval is None and args.onnx is None and (args.net is None or args.weights is None):
         parser.error("give NET and WEIGHTS (or --onnx MODEL.onnx, or --reval DIR)")
     if args.workers < 1:

@@ -21,7 +21,8 @@ setup(
     ],
     extras_require={
         # The CPU build of torch 2.13 lies ready on the CI machine; a range would pull GBs of CUDA wheels.
-        "test": ["pytest>=7", "torch==2.13.0", "pycocotools>=2.0.6"],
+        "test": ["pytest>=7", "torch==2.13.0", "pycocotools>=2.0.6", "onnx>=1.15", "onnxruntime>=1.17"],
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "bench": ["torch==2.13.0"],
         "cuda12": ["cupy-cuda12x>=14", "nvidia-cudnn-cu12>=9", "nvidia-cudnn-frontend>=1.10,<1.29"],
         "cuda13": ["cupy-cuda13x>=14", "nvidia-cudnn-cu13>=9", "nvidia-cudnn-frontend>=1.10,<1.29"],
@@ -34,6 +35,7 @@ setup(
             "frcnn-compress=fastrcnn.cli.compress:main",
             "frcnn-convert=fastrcnn.cli.convert:main",
             "frcnn-proposals=fastrcnn.cli.proposals:main",
+            "frcnn-export=fastrcnn.cli.export:main",
         ]
     },
 )

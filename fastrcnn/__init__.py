@@ -2,21 +2,30 @@
 
 The engine (Net, layers, SGDSolver, weights I/O) follows Caffe and pycaffe; the Fast R-CNN pipeline
 (``fastrcnn.rcnn``) is built on its public API and registers its data layer into the layer registry.
+
+``import fastrcnn`` loads neither NumPy nor the engine and changes nothing process-wide: the engine's names load
+on first use (PEP 562), so that ``fastrcnn.tune_cpu()`` can still choose OpenBLAS's kernel before NumPy loads.
 """
-from .cpu import choose_openblas_kernel, retain_freed_memory
+import importlib
 
-choose_openblas_kernel()  # before anything loads NumPy (and its OpenBLAS)
-retain_freed_memory()
-
-from .backend import set_device, set_mode_cpu, set_mode_gpu, set_random_seed, to_cpu  # noqa: E402
-from .errors import Error  # noqa: E402
-from .layers.python_layer import allow_python_layers  # noqa: E402
-from .net import Net  # noqa: E402
-from .solver import SGDSolver  # noqa: E402
+from .cpu import tune_cpu
+from .errors import Error
 
 TRAIN, TEST = "TRAIN", "TEST"
 
-__all__ = ["Error", "Net", "SGDSolver", "TRAIN", "TEST", "allow_python_layers", "set_device", "set_mode_cpu",
-           "set_mode_gpu", "set_random_seed", "to_cpu"]
+#: The engine's public names and the modules that define them.
+_LAZY = {"Net": "net", "SGDSolver": "solver", "allow_python_layers": "layers.python_layer",
+         "set_device": "backend", "set_mode_cpu": "backend", "set_mode_gpu": "backend",
+         "set_random_seed": "backend", "to_cpu": "backend"}
 
-from . import rcnn  # noqa: E402,F401  (registers the pipeline's layers; the engine never imports it)
+__all__ = ["Error", "TRAIN", "TEST", "tune_cpu", *_LAZY]
+
+
+def __getattr__(name):
+    """The engine's names, imported with the pipeline (which registers its layers) on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fastrcnn' has no attribute {name!r}")
+    importlib.import_module(".rcnn", __name__)
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,5 +1,6 @@
-"""Process-wide CPU settings made when fastrcnn is imported: the BLAS kernel NumPy's OpenBLAS runs, chosen
-before NumPy loads it, and C-library memory that is kept for reuse rather than handed back to the kernel.
+"""Process-wide CPU settings that the commands make first and a library user asks for with ``fastrcnn.tune_cpu()``
+(``import fastrcnn`` changes nothing): the BLAS kernel NumPy's OpenBLAS runs, chosen before NumPy loads it, and
+C-library memory that is kept for reuse rather than handed back to the kernel.
 
 OpenBLAS's DYNAMIC_ARCH builds (NumPy's wheels among them) pick their kernels from the CPU's family and
 model; releases up to 0.3.34 lack AMD family 0x1A (Zen 5, EPYC Turin) and fall back to the AVX2 Haswell
@@ -81,3 +82,10 @@ def retain_freed_memory(environ=os.environ):
     except (OSError, AttributeError):
         return False
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def tune_cpu():
+    """Both settings for this process, as every command makes them before it loads NumPy: call it first thing
+    (OpenBLAS's kernel can only be chosen before NumPy is imported). Returns what was set, e.g.
+    ``{"openblas_coretype": None, "malloc_keeps_freed_memory": True}``."""
+    return {"openblas_coretype": choose_openblas_kernel(), "malloc_keeps_freed_memory": retain_freed_memory()}

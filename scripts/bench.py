@@ -15,6 +15,8 @@ counted from the layer shapes) and the ratio fastrcnn time / twin time:
               factorised with fastrcnn.rcnn.compress.factorize
   train       one training iteration, forward + backward (2 images, 128 RoIs, the original's frozen layers;
               the train net with its data layer replaced by Input blobs), for toy, S and M
+  export      S only: frcnn-export's work (the ONNX graph built, checked by onnx, serialised; one run), and
+  ort-detect  the detect row's im_detect with onnxruntime running that graph (its column: onnxruntime)
   memory      peak resident memory of one detection at 600×1000 with 2000 proposals, each implementation in
               a fresh process
 
@@ -94,7 +96,8 @@ if __name__ == "__main__":
             if _variable != "OPENBLAS_CORETYPE" or not openblas_pinned_to_avx2():  # keep an AVX2 pin of OpenBLAS
                 os.environ[_variable] = _value
     sys.path.insert(0, str(ROOT))
-    import fastrcnn  # noqa: F401  (picks OpenBLAS's kernel for CPUs it misdetects, before NumPy loads it)
+    from fastrcnn.cpu import tune_cpu
+    tune_cpu()  # as the commands: OpenBLAS's kernel for CPUs it misdetects (before NumPy loads it), malloc
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -144,7 +147,7 @@ def machine_info(threads):
     info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
             "threads": threads, "cpu": platform.processor(), "numpy": np.__version__,
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(OpenBLAS's own choice)"),
-            # idempotent: true where importing fastrcnn made glibc keep freed memory (for every implementation)
+            # idempotent: true where tune_cpu made glibc keep freed memory (for every implementation)
             "malloc_keeps_freed_memory": retain_freed_memory()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -656,6 +659,8 @@ class Bench:
             self.detect(model, TorchTwin(self.torch, svd) if self.torch else None, None, svd)
         del svd, twin
         gc.collect()
+        if name == "S":
+            self.onnx(model)
         if name in TRAIN_MODELS:
             self.train(name)
         return model
@@ -772,6 +777,28 @@ class Bench:
                 row.add("torch", self.time(run), check)
         if weights:
             self.detect_opencv(model, weights, row, reference)
+        self.record(row)
+
+    def onnx(self, model):
+        """The export row and the ort-detect row (ratio: native im_detect time / onnxruntime's)."""
+        try:
+            import onnxruntime  # noqa: F401
+            from fastrcnn.onnx_export import OnnxNet, build_model
+        except ImportError:
+            self.notes.append("onnx or onnxruntime is missing (pip install '.[onnx]'): the ONNX rows are skipped")
+            return
+        path = self.workdir / f"{model.name}.onnx"
+        row = Row("export", model.name, "build, check, serialise", 0)
+        row.add("fastrcnn", time_runs(lambda: path.write_bytes(build_model(model.net).SerializeToString()), 1,
+                                      warmup=False))
+        self.record(row)
+        exported = OnnxNet(path, threads=self.args.threads)
+        row = Row("ort-detect", model.name, f"{model.height}x{model.width}, {len(model.boxes)} proposals",
+                  conv_flops(model.net))
+        reference = im_detect(model.net, model.image, model.boxes, model.cfg)
+        row.add("fastrcnn", self.time(lambda: im_detect(model.net, model.image, model.boxes, model.cfg)))
+        run = lambda: im_detect(exported, model.image, model.boxes, model.cfg)  # noqa: E731
+        row.add("onnxruntime", self.time(run), max(map(relative_error, run(), reference)))
         self.record(row)
 
     def detect_opencv(self, model, weights, row, reference):
@@ -939,7 +966,8 @@ def memory_child(impl, name, quick, threads, opencv_path, weights):
 def format_row(row):
     results = row["results"]
     parts = [f"{row['row']:<10} {row['model']:<4} {row['workload']:<30}"]
-    for impl in ("fastrcnn", "torch", "opencv"):
+    extra = [impl for impl in results if impl not in ("fastrcnn", "torch", "opencv")]
+    for impl in ("fastrcnn", "torch", "opencv", *extra):
         r = results.get(impl)
         if r is None:
             parts.append(f"{'-':>27}")
@@ -947,7 +975,7 @@ def format_row(row):
         rate = f"{r['rate']:7.1f}" if r.get("rate") is not None else f"{'':7}"
         ratio = f"{r['ratio']:5.2f}x" if "ratio" in r else f"{'':6}"
         check = f" e={r['check_rel_error']:.0e}" if r.get("check_rel_error") is not None else ""
-        parts.append(f"{r['median_s']:8.3f}s {rate} {ratio}{check}")
+        parts.append((f"{impl}: " if impl in extra else "") + f"{r['median_s']:8.3f}s {rate} {ratio}{check}")
     return " | ".join(parts)
 
 

@@ -244,7 +244,7 @@ def solver_text(model, bbox_reg):
     folder = model.folder + ("" if bbox_reg else "/no_bbox_reg")
     header = _comment(
         f"Solver of {model.title} (the paper's model {model.paper_name}){variant}: the original's values. lr 0.001 "
-        "for 30000 iterations, then 0.0001 to 40000 (frcnn-solve --iters overrides max_iter).",
+        "for 30000 iterations, then 0.0001 to 40000 (frcnn-solve --max-iter N sets max_iter for a run).",
         f"Frozen (in train.prototxt): {_frozen_text(model)}. For K classes, edit train.prototxt (see its header).",
         "Usage, from the project root (ImageNet weights: scripts/fetch_imagenet_models.py):")
     header += (f"#   frcnn-solve prototxt/{folder}/solver.prototxt \\\n"

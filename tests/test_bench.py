@@ -11,16 +11,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {("gemm", "-"), ("gemm-end", "-")} | {
     (row, model) for model in ("toy", "S") for row in ("trunk", "roi", "roi-train", "head", "detect", "train")
-} | {("detect-svd", "S"), ("memory", "toy"), ("memory", "S")}
+} | {("detect-svd", "S"), ("export", "S"), ("ort-detect", "S"), ("memory", "toy"), ("memory", "S")}
 #: the twins each row kind has (OpenCV runs the inference rows only)
 TWINS = {"gemm": {"torch"}, "gemm-end": {"torch"}, "trunk": {"torch", "opencv"}, "roi": {"torch"},
          "roi-train": {"torch"}, "head": {"torch"}, "detect": {"torch", "opencv"}, "detect-svd": {"torch"},
-         "train": {"torch"}}
+         "train": {"torch"}, "export": set(), "ort-detect": {"onnxruntime"}}
 
 
 def twins_here():
-    """The twins this machine can run: a missing PyTorch or OpenCV dnn leaves its columns out."""
-    found = set()
+    """The twins this machine can run: a missing PyTorch or OpenCV dnn leaves its columns out (onnxruntime is
+    in the test extra)."""
+    found = {"onnxruntime"}
     try:
         import torch  # noqa: F401
         found.add("torch")

@@ -1,5 +1,6 @@
 """fastrcnn.cpu: OpenBLAS's kernel is chosen for the AVX-512 CPUs its runtime detection misses, and only those;
-freed memory is kept for reuse unless the user set malloc's variables."""
+freed memory is kept for reuse unless the user set malloc's variables; the commands and ``fastrcnn.tune_cpu()`` make
+these settings, ``import fastrcnn`` none."""
 import os
 import platform
 import subprocess
@@ -53,48 +54,89 @@ print(cpu.choose_openblas_kernel(env, {str(info)!r}), env)
                                         "None {}"]  # too late once NumPy has loaded OpenBLAS
 
 
-def test_importing_fastrcnn_applies_the_choice_for_this_machine():
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    done = subprocess.run([sys.executable, "-c", "import os, fastrcnn; print(os.environ.get('OPENBLAS_CORETYPE'))"],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    try:
-        expected = openblas_coretype(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        expected = None
-    assert done.stdout.strip() == str(expected)
+#: Eight 4 MiB blocks allocated, written and freed together three times, as a pass's temporaries: the page
+#: faults of the last two rounds (none where freed memory is kept for reuse, 16 K with glibc's defaults).
+FAULTS = """
+import ctypes, resource
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 
+def temporaries():
+    blocks = [libc.malloc(4 << 20) for _ in range(8)]
+    for block in blocks:
+        ctypes.memset(block, 1, 4 << 20)
+    for block in blocks:
+        libc.free(block)
 
-REUSE_SCRIPT = """
-import resource, fastrcnn, numpy
-from fastrcnn.cpu import retain_freed_memory
-
-def temporaries():  # eight 4 MiB arrays alive together, then freed, as a pass's temporaries
-    arrays = [numpy.ones(1 << 20, numpy.float32) for _ in range(8)]
-    del arrays
-
-temporaries()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-temporaries()
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(retain_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}), faults)
+def faults():
+    temporaries()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    temporaries()
+    temporaries()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 """
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-@pytest.mark.parametrize("user_setting", [None, "131072"])
-def test_freed_memory_is_reused_without_page_faults_unless_the_user_set_malloc(user_setting):
-    """After ``import fastrcnn`` a second round of large temporaries reuses the first round's pages (no page
-    faults); with the user's own MALLOC_TRIM_THRESHOLD_ glibc's defaults stay, and 32 MiB fault in again."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    if user_setting:
-        env["MALLOC_TRIM_THRESHOLD_"] = user_setting
-    done = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], capture_output=True, text=True, timeout=120,
-                          env=env, cwd=ROOT)
+def run_script(script, **extra_env):
+    """Run ``script`` in a fresh interpreter without the user's OpenBLAS and malloc settings; its stdout lines."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "OPENBLAS_CORETYPE")}
+    env.update(extra_env)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    declined, faults = done.stdout.split()
-    assert declined == "False"  # a user's malloc variable is never overridden
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_importing_fastrcnn_changes_nothing_process_wide():
+    """The environment is as it was, NumPy (and its OpenBLAS) is not loaded, and glibc's malloc still hands
+    freed blocks back: the second and third rounds of temporaries fault their pages in again."""
+    lines = run_script(FAULTS + """
+import os, sys
+before = dict(os.environ)
+import fastrcnn
+print(dict(os.environ) == before, "numpy" in sys.modules, faults())
+""")
+    same_env, numpy_loaded, faults = lines[-1].split()
+    assert (same_env, numpy_loaded) == ("True", "False")
+    assert int(faults) > 1000  # 64 MiB: 16 K pages of 4 KiB (fewer where huge pages are used)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.parametrize("user_setting", [None, "131072"])
+def test_tune_cpu_keeps_freed_memory_unless_the_user_set_malloc(user_setting):
+    """After ``fastrcnn.tune_cpu()`` the later rounds reuse the first round's pages (no page faults); with the
+    user's own MALLOC_TRIM_THRESHOLD_ glibc's defaults stay, and 64 MiB fault in again."""
+    extra = {"MALLOC_TRIM_THRESHOLD_": user_setting} if user_setting else {}
+    lines = run_script(FAULTS + """
+import fastrcnn
+print(fastrcnn.tune_cpu()["malloc_keeps_freed_memory"], faults())
+""", **extra)
+    kept, faults = lines[-1].split()
     if user_setting:
-        assert int(faults) > 1000  # 32 MiB: 8192 pages of 4 KiB (fewer where huge pages are used)
+        assert kept == "False" and int(faults) > 1000  # a user's malloc variable is never overridden
     else:
-        assert int(faults) < 100
+        assert kept == "True" and int(faults) < 100
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.parametrize("command", ["solve", "test", "demo", "compress", "convert", "proposals", "export"])
+def test_commands_tune_the_cpu_before_numpy_loads(command):
+    """Every command chooses OpenBLAS's kernel (here a CPU that needs SkylakeX is simulated) while NumPy is not
+    loaded yet, which ``choose_openblas_kernel`` requires, and makes glibc keep freed memory."""
+    lines = run_script(FAULTS + f"""
+import os, sys
+import fastrcnn.cpu
+fastrcnn.cpu.openblas_coretype = lambda cpuinfo: "SkylakeX"
+from fastrcnn.cli import {command}
+try:
+    {command}.main(["--help"])
+except SystemExit:
+    pass
+print(os.environ.get("OPENBLAS_CORETYPE"), faults())
+""")
+    coretype, faults = lines[-1].split()
+    assert coretype == "SkylakeX"
+    assert int(faults) < 100

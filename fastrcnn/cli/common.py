@@ -1,11 +1,18 @@
-"""Helpers shared by the command-line tools: error reporting and the ``--set KEY VALUE`` option."""
+"""Helpers shared by the command-line tools: CPU tuning, error reporting and the ``--set KEY VALUE`` option.
+
+The tools' modules import nothing that loads NumPy at module level, so that ``run_main`` can tune the CPU
+(``fastrcnn.cpu.tune_cpu``: OpenBLAS's kernel is chosen before NumPy loads) before the work begins.
+"""
 import sys
 
+from ..cpu import tune_cpu
 from ..errors import Error
 
 
 def run_main(fn):
-    """Call ``fn()``; a user error prints ``error: <message>`` to stderr and exits 1, Ctrl-C exits 130."""
+    """Tune the CPU, then call ``fn()``; a user error prints ``error: <message>`` to stderr and exits 1, Ctrl-C
+    exits 130."""
+    tune_cpu()
     try:
         fn()
     except Error as exc:

@@ -1,7 +1,6 @@
 """frcnn-convert: convert weights between Caffe's .caffemodel and fastrcnn's .npz, without a prototxt."""
 import argparse
 
-from .. import weights
 from .common import run_main
 
 
@@ -18,6 +17,7 @@ def parse_args(argv=None):
 def main(argv=None):
     def convert():
         args = parse_args(argv)
+        from .. import weights
         layers = weights.convert(args.src, args.dst)
         count = sum(a.size for blobs in layers.values() for a in blobs)
         print(f"wrote {args.dst}: {len(layers)} layers, {count} parameters")

@@ -3,8 +3,6 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from .common import add_pipeline_options, run_main, set_pairs, setup
 
 log = logging.getLogger("fastrcnn")
@@ -18,14 +16,22 @@ def parse_args(argv=None):
                     "from --proposals, else from <image>_boxes.mat beside the image (the original demo's), else "
                     "from selective search run on the fly.")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--net", required=True, help="test prototxt")
-    parser.add_argument("--weights", required=True, help="trained weights (.npz or .caffemodel)")
+    parser.add_argument("--net", default=None, help="test prototxt")
+    parser.add_argument("--weights", default=None, help="trained weights (.npz or .caffemodel)")
+    parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
+                        help="instead of --net and --weights: a model written by frcnn-export, run by onnxruntime")
     parser.add_argument("--proposals", default=None, metavar="FILE",
                         help="proposals for a single image: .mat (key 'boxes', 0-based x1 y1 x2 y2) or .npz")
     parser.add_argument("--thresh", type=float, default=0.8, help="score threshold (default 0.8, the original's)")
     parser.add_argument("--output", default="output/demo", metavar="DIR", help="where the PNGs go")
     add_pipeline_options(parser)
     args = parser.parse_args(argv)
+    if args.onnx and (args.net or args.weights):
+        parser.error("--onnx replaces --net and --weights")
+    if args.onnx and args.gpu is not None:
+        parser.error("--onnx runs onnxruntime on the CPU; leave out --gpu")
+    if not args.onnx and not (args.net and args.weights):
+        parser.error("give --net and --weights (or --onnx MODEL.onnx)")
     if args.proposals and len(args.images) != 1:
         parser.error("--proposals goes with a single image")
     return args
@@ -56,12 +62,13 @@ def main(argv=None):
     def demo():
         args = parse_args(argv)
         setup(args)
-        from ..net import Net
+        import numpy as np
+
         from ..rcnn.detect import apply_nms, im_detect
         from ..rcnn.image import read_image
-        from ..rcnn.tester import test_config
+        from ..rcnn.tester import load_detector, test_config
         from ..rcnn.visualize import draw_detections
-        net = Net(args.net, "TEST", weights=args.weights)
+        net = load_detector(args.net, args.weights, args.onnx)
         meta = getattr(net, "weights_meta", {}) or {}
         cfg = test_config(meta, args.cfg, set_pairs(args.set))
         for path in args.images:

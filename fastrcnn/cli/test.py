@@ -20,11 +20,17 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="threads decoding the next images while the network runs (default 2; OpenCV "
                              "decodes without holding Python's lock)")
+    parser.add_argument("--onnx", default=None, metavar="MODEL.onnx",
+                        help="instead of NET and WEIGHTS: a model written by frcnn-export, run by onnxruntime")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pipeline_options(parser)
     args = parser.parse_args(argv)
-    if args.reval is None and (args.net is None or args.weights is None):
-        parser.error("give NET and WEIGHTS (or --reval DIR)")
+    if args.onnx and (args.net or args.weights or args.reval or args.profile):
+        parser.error("--onnx replaces NET and WEIGHTS, and goes with neither --reval nor --profile")
+    if args.onnx and args.gpu is not None:
+        parser.error("--onnx runs onnxruntime on the CPU; leave out --gpu")
+    if args.reval is None and args.onnx is None and (args.net is None or args.weights is None):
+        parser.error("give NET and WEIGHTS (or --onnx MODEL.onnx, or --reval DIR)")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     return args
@@ -42,7 +48,7 @@ def main(argv=None):
             aps = tester.run_test(args.net, args.weights, imdb=args.imdb, output_dir=args.output,
                                   cfg_file=args.cfg, set_pairs=set_pairs(args.set), data_root=args.data_root,
                                   profile=args.profile, vis=args.vis, progress=not args.quiet,
-                                  workers=args.workers)
+                                  workers=args.workers, onnx=args.onnx)
         print(f"mAP: {aps['mAP']:.4f}")
     run_main(test)
 

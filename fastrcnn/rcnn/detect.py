@@ -57,7 +57,7 @@ def forward_rois(net, data, rois, chunk=0):
     if not chunk or len(rois) <= chunk:
         out = net.forward(blobs=wanted, data=data, rois=rois)
         return {k: np.array(v, copy=True) for k, v in out.items()}
-    start = _roi_layer(net)
+    start = _roi_layer(net) if hasattr(net, "layers") else None  # an OnnxNet runs whole, on the last data
     parts = []
     for i in range(0, len(rois), chunk):
         if i == 0:

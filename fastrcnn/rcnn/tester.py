@@ -110,12 +110,21 @@ def evaluate(dataset, dets, classes, cfg, output_dir):
     return aps
 
 
+def load_detector(net_path, weights, onnx=None):
+    """The TEST net with its weights, or with ``onnx`` that exported model run by onnxruntime (an OnnxNet)."""
+    if onnx:
+        from ..onnx_export import OnnxNet
+        return OnnxNet(onnx)
+    return Net(net_path, "TEST", weights=weights)
+
+
 def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_pairs=(), data_root=None,
-             profile=False, vis=0, progress=True, workers=2):
+             profile=False, vis=0, progress=True, workers=2, onnx=None):
     """Detect on a dataset and evaluate; returns the AP dict (printed as a table ending with mAP). ``workers``
-    threads decode the next images while the network runs."""
+    threads decode the next images while the network runs; with ``onnx`` (instead of ``net_path`` and
+    ``weights``) onnxruntime runs that exported model."""
     from tqdm import tqdm
-    net = Net(net_path, "TEST", weights=weights)
+    net = load_detector(net_path, weights, onnx)
     meta = getattr(net, "weights_meta", {}) or {}
     cfg = test_config(meta, cfg_file, set_pairs)
     data_root = config_mod.resolve_data_root(data_root or cfg.DATA_ROOT)
@@ -127,11 +136,11 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
         raise Error(f"the weights were trained on classes {meta['classes'][1:]}, but {imdb} has {classes[1:]}")
     width = net.blobs["cls_score"].shape[-1] if "cls_score" in net.blobs else None
     if width is not None and width != len(classes):
-        raise Error(f"net '{net_path}' scores {width} classes but {imdb} has {len(classes)} including background")
+        raise Error(f"net '{net.source}' scores {width} classes but {imdb} has {len(classes)} including background")
     proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress)
     include_gt = dataset.year == 2007 or dataset.split != "test"  # the original's VOC07 test roidb
     gt_boxes = [g["boxes"] for g in gt] if include_gt else None
-    output_dir = Path(output_dir or Path("output") / "test" / Path(str(weights)).stem / imdb.replace(":", "_")
+    output_dir = Path(output_dir or Path("output") / "test" / Path(str(onnx or weights)).stem / imdb.replace(":", "_")
                       .replace("/", "_"))
     output_dir.mkdir(parents=True, exist_ok=True)
     if profile:

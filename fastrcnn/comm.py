@@ -17,6 +17,8 @@ import os
 
 import numpy
 
+from .errors import Error
+
 #: Environment variables by which a launcher tells its processes how many they are.
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 #: ... and which one each is, for launchers (PMIx) that set a rank but no size.
@@ -30,6 +32,15 @@ def launched_by_mpi(environ=None):
     """Whether an MPI launcher started this process (its variables are set), without importing MPI."""
     environ = os.environ if environ is None else environ
     return any(name in environ for name in _SIZE_VARIABLES + _RANK_VARIABLES)
+
+
+def launcher_size(environ=None):
+    """The number of processes the launcher states it started (None when it states none)."""
+    environ = os.environ if environ is None else environ
+    for name in _SIZE_VARIABLES[:3]:
+        if name in environ:
+            return int(environ[name])
+    return None
 
 
 def local_rank(environ=None):
@@ -86,6 +97,12 @@ class MPI(SingleProcess):
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        stated = launcher_size()
+        if comm is None and stated is not None and stated != self.size:
+            library = mpi.Get_library_version().splitlines()[0].strip()
+            raise Error(f"the MPI launcher started {stated} processes, but mpi4py's MPI ({library}) sees "
+                        f"{self.size}: start the run with the mpiexec of the MPI "
+                        "mpi4py uses (the mpich wheel's lies beside the Python executable)")
         self.local_rank = self.comm.Split_type(mpi.COMM_TYPE_SHARED).Get_rank()
 
     @staticmethod

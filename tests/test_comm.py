@@ -59,6 +59,15 @@ def test_plain_run_is_single_process_and_imports_no_mpi():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_launcher_of_another_mpi_is_named_not_run_as_n_single_processes():
+    env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
+    env.update(PYTHONPATH=ROOT, OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="0")
+    result = subprocess.run([sys.executable, "-c", "from fastrcnn import comm; comm.communicator()"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode != 0
+    assert "started 2 processes" in result.stderr and "sees 1" in result.stderr
+
+
 def test_two_ranks_sum_broadcast_and_gather_numpy_buffers(tmp_path):
     result = _run(tmp_path, RANK_SCRIPT)
     assert result.returncode == 0, result.stderr

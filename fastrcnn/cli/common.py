@@ -9,18 +9,41 @@ from ..cpu import tune_cpu
 from ..errors import Error
 
 
-def run_main(fn):
+def run_main(fn, parallel=False):
     """Tune the CPU, then call ``fn()``; a user error prints ``error: <message>`` to stderr and exits 1, Ctrl-C
-    exits 130."""
+    exits 130.
+
+    With ``parallel``, ``fn`` is called with the run's communicator (``fastrcnn.comm.communicator``: MPI when an
+    MPI launcher started the process); when a rank of several fails, it prints its message (a traceback for an
+    unexpected exception) naming its rank and aborts every rank, so that none waits for it forever.
+    """
     tune_cpu()
+    communicator = None
     try:
-        fn()
+        if not parallel:
+            fn()
+        else:
+            from .. import comm
+            communicator = comm.communicator()
+            fn(communicator)
     except Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        _fail(communicator, f"error: {exc}", 1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail(communicator, "interrupted", 130)
+    except Exception:
+        if communicator is None or communicator.size == 1:
+            raise
+        import traceback
+        _fail(communicator, traceback.format_exc().rstrip(), 1)
+
+
+def _fail(communicator, message, code):
+    """Print ``message`` to stderr and exit with ``code``; one of several ranks names itself and aborts them all."""
+    if communicator is None or communicator.size == 1:
+        print(message, file=sys.stderr)
+        sys.exit(code)
+    print(f"rank {communicator.rank}: {message}", file=sys.stderr, flush=True)
+    communicator.abort(code)
 
 
 def add_set_option(parser, help_text="override a config key (e.g. --set TRAIN.SCALES '(600,)'); repeatable"):

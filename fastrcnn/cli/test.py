@@ -37,20 +37,25 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    def test():
+    def test(communicator):
         args = parse_args(argv)
         setup(args)
+        root = communicator.rank == 0
+        if not root:  # one report: rank 0's (the others still warn)
+            import logging
+            logging.getLogger("fastrcnn").setLevel(logging.WARNING)
         from ..rcnn import tester
         if args.reval:
             aps = tester.reval(args.reval, imdb=args.imdb, cfg_file=args.cfg, set_pairs=set_pairs(args.set),
-                               data_root=args.data_root)
+                               data_root=args.data_root) if root else None
         else:
             aps = tester.run_test(args.net, args.weights, imdb=args.imdb, output_dir=args.output,
                                   cfg_file=args.cfg, set_pairs=set_pairs(args.set), data_root=args.data_root,
                                   profile=args.profile, vis=args.vis, progress=not args.quiet,
-                                  workers=args.workers, onnx=args.onnx)
-        print(f"mAP: {aps['mAP']:.4f}")
-    run_main(test)
+                                  workers=args.workers, onnx=args.onnx, communicator=communicator)
+        if aps is not None:
+            print(f"mAP: {aps['mAP']:.4f}")
+    run_main(test, parallel=True)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,13 @@ def _class_dets(scores, boxes, j, inds):
 
 class OriginalProtocol:
     """The original test protocol: per class, at most 100 detections per image before NMS, and an adaptive
-    threshold that keeps 40 × (number of images) detections per class over the whole set."""
+    threshold that keeps 40 × (number of images) detections per class over the whole set.
+
+    ``image`` keeps each class's top 100 candidates of one image, whatever the threshold; ``add``, called in
+    image order, keeps those above the running threshold and raises it. The top 100 above a threshold are
+    those of the top 100 that pass it, so the two steps select what the original selects, and ``image``
+    depends on its image alone (ranks can run it on their shares of the set).
+    """
 
     def __init__(self, num_classes, num_images, cfg):
         self.max_per_image = cfg.TEST.MAX_PER_IMAGE
@@ -115,18 +121,25 @@ class OriginalProtocol:
 
     def image(self, scores, boxes, candidate):
         dets = [np.zeros((0, 5), np.float32)]
+        inds = np.flatnonzero(candidate)
         for j in range(1, scores.shape[1]):
-            inds = np.flatnonzero((scores[:, j] > self.thresh[j]) & candidate)
-            inds = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]
+            top = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]
+            dets.append(_class_dets(scores, boxes, j, top))
+        return dets
+
+    def add(self, dets):
+        kept = [dets[0]]
+        for j, d in enumerate(dets[1:], 1):
+            d = d[d[:, 4] > self.thresh[j]]
             heap = self.heaps[j]
-            for s in scores[inds, j]:
+            for s in d[:, 4]:
                 heapq.heappush(heap, float(s))
             if len(heap) > self.max_per_set:
                 while len(heap) > self.max_per_set:
                     heapq.heappop(heap)
                 self.thresh[j] = heap[0]
-            dets.append(_class_dets(scores, boxes, j, inds))
-        return dets
+            kept.append(d)
+        return kept
 
     def finish(self, all_boxes):
         """Re-filter every class with its final threshold (the detections the original saves before NMS)."""
@@ -153,6 +166,9 @@ class PyFasterProtocol:
             dets = [dets[0]] + [d[d[:, 4] >= cut] for d in dets[1:]]
         return dets
 
+    def add(self, dets):
+        return dets
+
     def finish(self, all_boxes):
         return all_boxes
 
@@ -165,24 +181,41 @@ def apply_nms(all_boxes, thresh):
     return [[d[nms(d, thresh)] if len(d) else d for d in row] for row in all_boxes]
 
 
-def detect_dataset(net, images, proposals, num_classes, cfg, gt_boxes=None, progress=None):
+def shard(num_images, communicator=None):
+    """The indices of the images this rank detects: image i goes to rank i mod (number of ranks)."""
+    return range(num_images) if communicator is None else range(communicator.rank, num_images, communicator.size)
+
+
+def detect_dataset(net, images, proposals, num_classes, cfg, gt_boxes=None, progress=None, communicator=None):
     """Run detection over a set: ``images`` yields BGR arrays, ``proposals`` the boxes of each image.
 
     ``gt_boxes`` (per image, optional) are forwarded with the proposals, as the original's VOC07 test roidb
     carries them, but never reported. Returns ``dets[j][i]``, (n, 5) float32 arrays of class j in image i,
     thresholded by the protocol and not yet suppressed (the original saves these; ``apply_nms`` follows).
+    With a ``communicator`` of several ranks, ``images`` yields this rank's ``shard`` only: each rank detects
+    its images, and rank 0 gathers them and applies the set-wide part of the protocol in image order, so it
+    returns what one process returns (the other ranks return None).
     """
     num_images = len(proposals)
     protocol = PROTOCOLS[cfg.TEST.PROTOCOL](num_classes, num_images, cfg)
-    dets = [[None] * num_images for _ in range(num_classes)]
-    for i, image in enumerate(images):
+    mine = []
+    for i, image in zip(shard(num_images, communicator), images):
         props = np.asarray(proposals[i], dtype=np.float32).reshape(-1, 4)
         gt = np.zeros((0, 4), np.float32) if gt_boxes is None else np.asarray(gt_boxes[i], np.float32)
         boxes = np.vstack([gt, props])
         candidate = np.arange(len(boxes)) >= len(gt)
         scores, pred = im_detect(net, image, boxes, cfg)
-        for j, d in enumerate(protocol.image(scores, pred, candidate)):
-            dets[j][i] = d
+        mine.append(protocol.image(scores, pred, candidate))
         if progress is not None:
             progress()
+    per_image = mine
+    if communicator is not None and communicator.size > 1:
+        shares = communicator.gather_object(mine)
+        if communicator.rank != 0:
+            return None
+        per_image = [shares[i % communicator.size][i // communicator.size] for i in range(num_images)]
+    dets = [[None] * num_images for _ in range(num_classes)]
+    for i, image_dets in enumerate(per_image):
+        for j, d in enumerate(protocol.add(image_dets)):
+            dets[j][i] = d
     return protocol.finish(dets)

@@ -18,7 +18,7 @@ from ..net import Net
 from ..weights import write_npz, read_npz
 from . import config as config_mod
 from .datasets import get_dataset
-from .detect import apply_nms, detect_dataset
+from .detect import apply_nms, detect_dataset, shard
 from .image import prefetch_images, read_image
 from .proposals import load_or_compute_proposals
 from .voc_eval import evaluate_detections, format_ap_table, use_07_metric_for_year, write_voc_results
@@ -119,10 +119,12 @@ def load_detector(net_path, weights, onnx=None):
 
 
 def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_pairs=(), data_root=None,
-             profile=False, vis=0, progress=True, workers=2, onnx=None):
+             profile=False, vis=0, progress=True, workers=2, onnx=None, communicator=None):
     """Detect on a dataset and evaluate; returns the AP dict (printed as a table ending with mAP). ``workers``
     threads decode the next images while the network runs; with ``onnx`` (instead of ``net_path`` and
-    ``weights``) onnxruntime runs that exported model."""
+    ``weights``) onnxruntime runs that exported model. With a ``communicator`` of several ranks each rank
+    detects its share of the images and rank 0 alone evaluates, writes and prints, returning the AP dict
+    (the others return None)."""
     from tqdm import tqdm
     net = load_detector(net_path, weights, onnx)
     meta = getattr(net, "weights_meta", {}) or {}
@@ -137,26 +139,35 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
     width = net.blobs["cls_score"].shape[-1] if "cls_score" in net.blobs else None
     if width is not None and width != len(classes):
         raise Error(f"net '{net.source}' scores {width} classes but {imdb} has {len(classes)} including background")
-    proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress)
+    root = communicator is None or communicator.rank == 0
+    if not root:  # rank 0 computes and caches missing proposals once; the others then read its cache
+        communicator.barrier()
+    proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress and root)
+    if root and communicator is not None and communicator.size > 1:
+        communicator.barrier()
     include_gt = dataset.year == 2007 or dataset.split != "test"  # the original's VOC07 test roidb
     gt_boxes = [g["boxes"] for g in gt] if include_gt else None
     output_dir = Path(output_dir or Path("output") / "test" / Path(str(onnx or weights)).stem / imdb.replace(":", "_")
                       .replace("/", "_"))
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if root:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if profile:
         net.timings = collections.defaultdict(float)
-    bar = tqdm(total=dataset.num_images, disable=not progress, unit="im", dynamic_ncols=True)
-    images = prefetch_images((dataset.image_path(i) for i in range(dataset.num_images)), workers=workers,
-                             depth=2 * workers)
+    mine = shard(dataset.num_images, communicator)
+    bar = tqdm(total=len(mine), disable=not (progress and root), unit="im", dynamic_ncols=True)
+    images = prefetch_images((dataset.image_path(i) for i in mine), workers=workers, depth=2 * workers)
     start = time.perf_counter()
-    dets = detect_dataset(net, images, proposals, len(classes), cfg, gt_boxes, progress=lambda: bar.update(1))
+    dets = detect_dataset(net, images, proposals, len(classes), cfg, gt_boxes, progress=lambda: bar.update(1),
+                          communicator=communicator)
     bar.close()
     detect_time = time.perf_counter() - start
+    if not root:
+        return None
     save_detections(output_dir / "detections.npz", dets, dataset.image_ids, classes, cfg)
     start = time.perf_counter()
     aps = evaluate(dataset, dets, classes, cfg, output_dir)
     if profile:
-        _print_profile(net, dataset.num_images, detect_time, time.perf_counter() - start)
+        _print_profile(net, len(mine), detect_time, time.perf_counter() - start)
     if vis:
         from .visualize import draw_detections
         final = apply_nms(dets, cfg.TEST.NMS)

@@ -1,0 +1,91 @@
+"""Sharded testing: ``mpiexec -n 2 frcnn-test`` deals the images to two ranks and writes what one process
+writes; a rank that fails ends the whole run quickly."""
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fastrcnn import comm
+from fastrcnn.rcnn.datasets import get_dataset
+from fastrcnn.rcnn.datasets.toy import generate_toy_dataset
+from fastrcnn.rcnn.proposals import load_or_compute_proposals
+from fastrcnn.rcnn import tester
+from fastrcnn.rcnn.train import train
+from fastrcnn.weights import read_weights
+
+REPO = Path(__file__).resolve().parents[1]
+NET = str(REPO / "prototxt" / "toy" / "test.prototxt")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A toy set of 5 test images (rank 0 gets 3, rank 1 gets 2) and weights trained for 2 iterations."""
+    root = tmp_path_factory.mktemp("toy")
+    generate_toy_dataset(root / "small", seed=4, num_train=4, num_test=5)
+    weights = train(str(REPO / "prototxt" / "toy" / "solver.prototxt"), imdb=f"voc:{root / 'small'}:train",
+                    iters=2, output_dir=root / "train", data_root=root, progress=False,
+                    set_pairs=["TRAIN.SCALES", "(160,)", "TRAIN.MAX_SIZE", "240"])
+    return root, weights
+
+
+def _frcnn_test(toy, output, ranks=None, timeout=120):
+    root, weights = toy
+    env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "fastrcnn.cli.test", NET, weights, "--imdb", f"voc:{root / 'small'}:test",
+               "--data-root", str(root), "--output", str(output), "--quiet", "--workers", "1"]
+    if ranks:
+        command = [comm.mpiexec(), "-n", str(ranks)] + command
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _members(path):
+    with zipfile.ZipFile(path) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def test_two_ranks_write_the_detections_and_map_of_one_process(toy, tmp_path):
+    one = _frcnn_test(toy, tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    two = _frcnn_test(toy, tmp_path / "two", ranks=2)
+    assert two.returncode == 0, two.stderr
+    assert one.stdout.splitlines()[-1].startswith("mAP: ")
+    assert two.stdout == one.stdout  # the AP table and mAP, printed once (rank 1 prints nothing)
+    assert two.stderr.count("Detections and results in") == 1
+    # every array and the metadata of the .npz byte for byte (the zip's own timestamps are the write's time)
+    assert _members(tmp_path / "two" / "detections.npz") == _members(tmp_path / "one" / "detections.npz")
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    for name in files:
+        if name.suffix != ".npz":
+            assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def _break_quantization_tables(path):
+    """Point every component of a baseline JPEG at quantization table 3, which it lacks: the header (and so
+    the dataset's check) still reads, decoding fails."""
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    for c in range(data[sof + 9]):
+        data[sof + 12 + 3 * c] = 3
+    path.write_bytes(bytes(data))
+
+
+def test_a_failing_rank_ends_every_rank_with_its_message(toy, tmp_path):
+    root, weights = toy
+    broken = tmp_path / "broken"
+    generate_toy_dataset(broken / "small", seed=4, num_train=4, num_test=5)
+    dataset = get_dataset(f"voc:{broken / 'small'}:test", broken)
+    load_or_compute_proposals(dataset, tester.test_config(read_weights(weights)[1]), broken, progress=False)
+    images = sorted((broken / "small" / "JPEGImages").glob("test_*.jpg"))
+    _break_quantization_tables(images[1])  # image 1: rank 1's first; its header still reads
+    start = time.monotonic()
+    result = _frcnn_test((broken, weights), tmp_path / "out", ranks=2, timeout=60)
+    assert result.returncode != 0
+    assert time.monotonic() - start < 30
+    assert f"rank 1: error: {images[1]}: cannot read the image" in result.stderr
+    assert not (tmp_path / "out" / "detections.npz").exists()

@@ -1,5 +1,6 @@
 """Sharded testing: ``mpiexec -n 2 frcnn-test`` deals the images to two ranks and writes what one process
-writes; a rank that fails ends the whole run quickly."""
+writes; a rank that fails ends the whole run quickly; ``mpiexec -n 2 frcnn-proposals`` writes the proposal
+cache of one process."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy
 import pytest
 
 from fastrcnn import comm
@@ -34,13 +36,11 @@ def toy(tmp_path_factory):
 
 def _frcnn_test(toy, output, ranks=None, timeout=120):
     root, weights = toy
-    env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     command = [sys.executable, "-m", "fastrcnn.cli.test", NET, weights, "--imdb", f"voc:{root / 'small'}:test",
                "--data-root", str(root), "--output", str(output), "--quiet", "--workers", "1"]
     if ranks:
         command = [comm.mpiexec(), "-n", str(ranks)] + command
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
 
 
 def _members(path):
@@ -57,6 +57,8 @@ def test_two_ranks_write_the_detections_and_map_of_one_process(toy, tmp_path):
     assert two.stdout == one.stdout  # the AP table and mAP, printed once (rank 1 prints nothing)
     assert two.stderr.count("Detections and results in") == 1
     # every array and the metadata of the .npz byte for byte (the zip's own timestamps are the write's time)
+    dets = numpy.load(tmp_path / "one" / "detections.npz")
+    assert all(len(dets[k]) < 5 * 100 for k in dets.files if k.startswith("dets/"))  # the set-wide cap bit
     assert _members(tmp_path / "two" / "detections.npz") == _members(tmp_path / "one" / "detections.npz")
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
@@ -89,3 +91,27 @@ def test_a_failing_rank_ends_every_rank_with_its_message(toy, tmp_path):
     assert time.monotonic() - start < 30
     assert f"rank 1: error: {images[1]}: cannot read the image" in result.stderr
     assert not (tmp_path / "out" / "detections.npz").exists()
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return env
+
+
+def test_two_ranks_write_the_proposal_cache_of_one_process(tmp_path):
+    outputs, caches = [], []
+    for ranks in (None, 2):
+        root = tmp_path / f"ranks{ranks}"
+        generate_toy_dataset(root / "small", seed=6, num_train=1, num_test=5)
+        command = [sys.executable, "-m", "fastrcnn.cli.proposals", f"voc:{root / 'small'}:test", "--data-root",
+                   str(root), "--workers", "1", "--quiet"]
+        if ranks:
+            command = [comm.mpiexec(), "-n", str(ranks)] + command
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_env())
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout.replace(str(root), "ROOT"))
+        (cache,) = (root / "cache" / "proposals").glob("*.npz")
+        caches.append((cache.name, _members(cache)))
+    assert outputs[1] == outputs[0] and outputs[0].count("\n") == 1  # printed once
+    assert caches[1] == caches[0]

@@ -17,9 +17,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    def proposals():
+    def proposals(communicator):
         args = parse_args(argv)
         setup(args)
+        if communicator.rank != 0:  # one report: rank 0's (the others still warn)
+            import logging
+            logging.getLogger("fastrcnn").setLevel(logging.WARNING)
         from ..rcnn import config as config_mod
         from ..rcnn.datasets import get_dataset
         from ..rcnn.proposals import load_or_compute_proposals
@@ -31,10 +34,11 @@ def main(argv=None):
         for name in args.imdb:
             dataset = get_dataset(name, data_root)
             boxes = load_or_compute_proposals(dataset, cfg, data_root, workers=args.workers,
-                                              progress=not args.quiet)
+                                              progress=not args.quiet, communicator=communicator)
             count = sum(len(b) for b in boxes)
-            print(f"{name}: {dataset.num_images} images, {count / max(len(boxes), 1):.0f} proposals per image")
-    run_main(proposals)
+            if communicator.rank == 0:
+                print(f"{name}: {dataset.num_images} images, {count / max(len(boxes), 1):.0f} proposals per image")
+    run_main(proposals, parallel=True)
 
 
 if __name__ == "__main__":

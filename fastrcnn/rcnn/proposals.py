@@ -184,16 +184,19 @@ def _read_cache(path):
     return np.split(arrays["boxes"].reshape(-1, 4), np.cumsum(counts)[:-1]), meta
 
 
-def load_or_compute_proposals(dataset, cfg, data_root, workers=None, progress=True):
+def load_or_compute_proposals(dataset, cfg, data_root, workers=None, progress=True, communicator=None):
     """The proposals of every image of ``dataset`` as configured by PROPOSALS and PROPOSALS_TOP_K.
 
     PROPOSALS 'selective_search' uses the original's ``<data_root>/selective_search_data/<name>.mat`` for the
     VOC named sets when present, else OpenCV's selective search (computed once, then cached); any other value
-    is a proposals file (.mat or .npz) with one entry per image.
+    is a proposals file (.mat or .npz) with one entry per image. With a ``communicator`` of several ranks,
+    each rank computes the selective search of images i ≡ rank (mod ranks), rank 0 gathers them and writes
+    the cache (the file one process writes), and the others then read it.
     """
     parts = getattr(dataset, "parts", None)
     if parts:
-        return [b for part in parts for b in load_or_compute_proposals(part, cfg, data_root, workers, progress)]
+        return [b for part in parts
+                for b in load_or_compute_proposals(part, cfg, data_root, workers, progress, communicator)]
     top_k = cfg.PROPOSALS_TOP_K
     if cfg.PROPOSALS != "selective_search":
         boxes = load_proposals_file(cfg.PROPOSALS, dataset.num_images)
@@ -213,7 +216,15 @@ def load_or_compute_proposals(dataset, cfg, data_root, workers=None, progress=Tr
         log.warning("%s does not match %s; computing the proposals again", path, dataset.name)
     log.info("Computing selective search proposals for %d images of %s (cached in %s)", dataset.num_images,
              dataset.name, path)
-    boxes = compute_selective_search([dataset.image_path(i) for i in range(dataset.num_images)], top_k,
-                                     workers, progress)
+    rank, size = (0, 1) if communicator is None else (communicator.rank, communicator.size)
+    boxes = compute_selective_search([dataset.image_path(i) for i in range(rank, dataset.num_images, size)],
+                                     top_k, workers, progress and rank == 0)
+    if size > 1:
+        shares = communicator.gather_object(boxes)
+        if rank == 0:
+            boxes = [shares[i % size][i // size] for i in range(dataset.num_images)]
+            _write_cache(path, boxes, meta)
+        communicator.barrier()
+        return boxes if rank == 0 else _read_cache(path)[0]
     _write_cache(path, boxes, meta)
     return boxes

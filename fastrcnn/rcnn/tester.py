@@ -140,11 +140,7 @@ def run_test(net_path, weights, imdb=None, output_dir=None, cfg_file=None, set_p
     if width is not None and width != len(classes):
         raise Error(f"net '{net.source}' scores {width} classes but {imdb} has {len(classes)} including background")
     root = communicator is None or communicator.rank == 0
-    if not root:  # rank 0 computes and caches missing proposals once; the others then read its cache
-        communicator.barrier()
-    proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress and root)
-    if root and communicator is not None and communicator.size > 1:
-        communicator.barrier()
+    proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress, communicator=communicator)
     include_gt = dataset.year == 2007 or dataset.split != "test"  # the original's VOC07 test roidb
     gt_boxes = [g["boxes"] for g in gt] if include_gt else None
     output_dir = Path(output_dir or Path("output") / "test" / Path(str(onnx or weights)).stem / imdb.replace(":", "_")

@@ -1,6 +1,7 @@
 """frcnn-solve: train a Fast R-CNN detector from a solver prototxt (the original's tools/train_net.py)."""
 import argparse
 
+from ..errors import Error
 from .common import add_pipeline_options, run_main, set_pairs, setup
 
 
@@ -29,6 +30,10 @@ def parse_args(argv=None):
 def main(argv=None):
     def solve():
         args = parse_args(argv)
+        from .. import comm
+        if (comm.launcher_size() or 1) > 1:
+            raise Error("frcnn-solve trains in one process; data-parallel training under mpiexec is not "
+                        "implemented yet: start it without mpiexec")
         setup(args)
         from ..rcnn.train import train
         path = train(args.solver, weights=args.weights, restore=args.restore, iters=args.iters, imdb=args.imdb,

@@ -31,12 +31,17 @@ CONV5 = {"CaffeNet": "conv5", "VGG_CNN_M_1024": "conv5", "VGG16": "conv5_3"}
 POOLED = {"CaffeNet": 6, "VGG_CNN_M_1024": 6, "VGG16": 7}
 
 
-def fetch_script():
-    """scripts/fetch_reference.py as a module (its manifest, source paths and main)."""
-    spec = importlib.util.spec_from_file_location("fetch_reference", REPO / "scripts" / "fetch_reference.py")
+def load_script(name):
+    """scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fetch_script():
+    """scripts/fetch_reference.py as a module (its manifest, source paths and main)."""
+    return load_script("fetch_reference")
 
 
 def find_reference():

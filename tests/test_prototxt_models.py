@@ -4,7 +4,6 @@ They are written by scripts/make_prototxt.py and must be what it writes; each de
 the original Fast R-CNN model of the same path (layer by layer, protobuf equality, the data layer aside), each
 solver holds the original's values, and each TEST net builds and runs a forward pass.
 """
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import fastrcnn
 from fastrcnn import protoio
 from fastrcnn.layers.python_layer import parse_param_str
 from fastrcnn.solver import train_net_source
+from model_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOTXT = ROOT / "prototxt"
@@ -40,10 +40,7 @@ def _original(reference_dir, model, name):
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_prototxt", ROOT / "scripts" / "make_prototxt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_prototxt")
 
 
 # ---------------------------------------------------------------- the generator

@@ -1,0 +1,66 @@
+"""Bit-for-bit agreement with the original's arithmetic, each formula written out here as the original has it.
+
+Image blobs (utils/blob.py), the RoI projection (roi_data_layer/minibatch.py, fast_rcnn/test.py) and the
+bbox-target statistics (roi_data_layer/roidb.py); and the warnings where we deliberately depart (a class of
+constant targets, classes without non-difficult ground truth in the mean AP).
+"""
+import cv2
+import numpy as np
+import pytest
+
+from fastrcnn.rcnn.config import default_config
+from fastrcnn.rcnn.detect import image_pyramid
+from fastrcnn.rcnn.image import prep_image, read_image
+
+MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])  # the original's float64 PIXEL_MEANS
+
+
+def original_prep(im, target, max_size):
+    """The original's prep_im_for_blob, with its image converted and mean-subtracted as in _get_image_blob."""
+    im = im.astype(np.float32, copy=True)
+    im -= MEANS
+    short, long = np.min(im.shape[0:2]), np.max(im.shape[0:2])
+    scale = float(target) / float(short)
+    if np.round(scale * long) > max_size:
+        scale = float(max_size) / float(long)
+    im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    return im, scale
+
+
+def random_images(count, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        h, w = rng.integers(20, 140, size=2)
+        im = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        yield im[:, ::-1] if rng.random() < 0.5 else im
+
+
+@pytest.mark.parametrize("target,max_size", [(600, 1000), (64, 90), (100, 2000)])
+def test_image_blob_matches_original(target, max_size):
+    for im in random_images(12):
+        ours, scale = prep_image(im, MEANS.tolist(), target, max_size)
+        theirs, their_scale = original_prep(im, target, max_size)
+        assert scale == their_scale and ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_mean_subtraction_is_the_float64_one():
+    """The float32-rounded means would differ: the test above would catch the old arithmetic."""
+    im = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    ours, _ = prep_image(im, MEANS.tolist(), 16, 1000)
+    rounded = im.astype(np.float32) - MEANS.astype(np.float32)
+    np.testing.assert_array_equal(ours, (im.astype(np.float32) - MEANS).astype(np.float32))
+    assert (ours != rounded).any()
+
+
+def test_demo_image_pyramid_matches_original(reference_dir):
+    """The test pyramid (and so frcnn-demo) on a demo image, mirrored as a flipped roidb entry is."""
+    cfg = default_config()
+    cfg.TEST.SCALES, cfg.TEST.MAX_SIZE = (600, 300), 1000
+    image = read_image(reference_dir / "demo-images" / "000004.jpg", flipped=True)
+    blob, scales = image_pyramid(image, cfg)
+    for level, target in enumerate(cfg.TEST.SCALES):
+        theirs, their_scale = original_prep(image, target, cfg.TEST.MAX_SIZE)
+        assert scales[level] == their_scale
+        h, w = theirs.shape[:2]
+        np.testing.assert_array_equal(blob[level, :, :h, :w], theirs.transpose(2, 0, 1))

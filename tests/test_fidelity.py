@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from fastrcnn.rcnn.config import default_config
-from fastrcnn.rcnn.detect import image_pyramid
+from fastrcnn.rcnn.boxes import flip_boxes
+from fastrcnn.rcnn.detect import image_pyramid, project_rois
 from fastrcnn.rcnn.image import prep_image, read_image
+from fastrcnn.rcnn.minibatch import build_minibatch
 
 MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])  # the original's float64 PIXEL_MEANS
 
@@ -64,3 +66,56 @@ def test_demo_image_pyramid_matches_original(reference_dir):
         assert scales[level] == their_scale
         h, w = theirs.shape[:2]
         np.testing.assert_array_equal(blob[level, :, :h, :w], theirs.transpose(2, 0, 1))
+
+
+def random_boxes(rng, count, width, height):
+    x = np.sort(rng.integers(0, width, size=(count, 2)), axis=1)
+    y = np.sort(rng.integers(0, height, size=(count, 2)), axis=1)
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1).astype(np.uint16)
+
+
+def original_rois_blob(box_lists, scales):
+    """The original's _get_rois_blob per image: boxes (uint16 in its roidb) × the float scale, hstacked with
+    the batch index into a float32 blob (one rounding)."""
+    blob = np.zeros((0, 5), dtype=np.float32)
+    for i, (boxes, scale) in enumerate(zip(box_lists, scales)):
+        rois = boxes * scale
+        blob = np.vstack((blob, np.hstack((i * np.ones((rois.shape[0], 1)), rois))))
+    return blob.astype(np.float32)
+
+
+def test_training_rois_and_blob_match_original(tmp_path):
+    """build_minibatch on random images, one entry flipped, at scales that make float32 products differ."""
+    rng = np.random.default_rng(1)
+    cfg = default_config()
+    cfg.TRAIN.MAX_SIZE = 1000
+    roidb, originals = [], []
+    for i, flipped in enumerate((False, True)):
+        h, w = 73 + 11 * i, 97 - 5 * i
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        boxes = random_boxes(rng, 50, w, h)
+        if flipped:
+            boxes = flip_boxes(boxes.astype(np.float64), w).astype(np.uint16)
+        roidb.append({"image": str(path), "flipped": flipped, "boxes": boxes.astype(np.float32)})
+        originals.append((cv2.imread(str(path))[:, ::-1] if flipped else cv2.imread(str(path)), boxes))
+    keep = np.arange(50)
+    labels = np.zeros(50, np.int32)
+    plan = [(0, 500, keep, labels), (1, 613, keep, labels)]
+    blobs = build_minibatch(roidb, plan, cfg, 21, with_bbox=False)
+    prepped = [original_prep(im, target, 1000) for (im, _), (_, target, _, _) in zip(originals, plan)]
+    np.testing.assert_array_equal(blobs["rois"], original_rois_blob([b for _, b in originals],
+                                                                    [s for _, s in prepped]))
+    for n, (im, _) in enumerate(prepped):
+        np.testing.assert_array_equal(blobs["data"][n, :, :im.shape[0], :im.shape[1]], im.transpose(2, 0, 1))
+    rounded = np.vstack([b.astype(np.float32) * np.float32(s) for (_, b), (_, s) in zip(originals, prepped)])
+    assert (rounded != blobs["rois"][:, 1:]).any()  # the float32 product, the old arithmetic, differs
+
+
+def test_test_rois_match_original():
+    """One test scale: the same projection as training (the original's test.py _project_im_rois)."""
+    rng = np.random.default_rng(2)
+    boxes = random_boxes(rng, 500, 500, 375).astype(np.float32)
+    scale = np.array([600 / 375])
+    np.testing.assert_array_equal(project_rois(boxes, scale), original_rois_blob([boxes.astype(np.float64)],
+                                                                                  scale))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import Error
 from .boxes import bbox_transform_inv, clip_boxes, nms
-from .image import images_to_blob, prep_image
+from .image import images_to_blob, prep_image, scaled_rois
 
 _DEDUP_WEIGHTS = np.array([1, 1e3, 1e6, 1e9, 1e12])
 
@@ -37,8 +37,7 @@ def project_rois(boxes, scales):
         levels = np.abs(areas - 224 * 224).argmin(axis=1)
     else:
         levels = np.zeros(len(boxes), dtype=np.int64)
-    rois = boxes * scales[levels][:, None]
-    return np.hstack([levels[:, None], rois]).astype(np.float32)
+    return scaled_rois(boxes, scales[levels], levels)
 
 
 def _roi_layer(net):

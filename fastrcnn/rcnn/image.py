@@ -40,6 +40,17 @@ def prep_image(image, pixel_means, target_size, max_size):
     return im, scale
 
 
+def scaled_rois(boxes, scales, indices):
+    """float32 RoIs [index, x1, y1, x2, y2]: the boxes times their float64 scale factors, rounded once to
+    float32 when the blob is filled, as the original's _project_im_rois in training and at test time.
+
+    ``scales`` and ``indices`` (batch image or pyramid level) are scalars or one value per box."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64).reshape(-1, 1), (len(boxes), 1))
+    indices = np.broadcast_to(np.asarray(indices, dtype=np.float64).reshape(-1, 1), (len(boxes), 1))
+    return np.hstack([indices, boxes * scales]).astype(np.float32)
+
+
 def images_to_blob(images):
     """HxWx3 float32 images → one N×3×Hmax×Wmax blob, zero-padded at the bottom and right."""
     height = max(im.shape[0] for im in images)

@@ -13,6 +13,7 @@ from fastrcnn.rcnn.boxes import flip_boxes
 from fastrcnn.rcnn.detect import image_pyramid, project_rois
 from fastrcnn.rcnn.image import prep_image, read_image
 from fastrcnn.rcnn.minibatch import build_minibatch
+from fastrcnn.rcnn.roidb import add_bbox_targets, append_flipped, compute_targets, merge_proposals
 
 MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])  # the original's float64 PIXEL_MEANS
 
@@ -119,3 +120,89 @@ def test_test_rois_match_original():
     scale = np.array([600 / 375])
     np.testing.assert_array_equal(project_rois(boxes, scale), original_rois_blob([boxes.astype(np.float64)],
                                                                                   scale))
+
+
+def random_roidb(rng, num_images, num_classes):
+    gt_roidb, proposals = [], []
+    for i in range(num_images):
+        w, h = rng.integers(200, 500, size=2)
+        n_gt = int(rng.integers(1, 5))
+        gt = random_boxes(rng, n_gt, w, h)
+        jitter = rng.integers(-15, 16, size=(200, 4))
+        props = np.clip(gt[rng.integers(0, n_gt, size=200)].astype(np.int64) + jitter, 0, [w - 1, h - 1] * 2)
+        props[:, 2:] = np.maximum(props[:, 2:], props[:, :2])
+        gt_roidb.append({"image": f"{i}.jpg", "width": int(w), "height": int(h), "boxes": gt,
+                         "gt_classes": rng.integers(1, num_classes, size=n_gt).astype(np.int32)})
+        proposals.append(np.vstack([props, random_boxes(rng, 100, w, h)]))
+    return append_flipped(merge_proposals(gt_roidb, proposals))
+
+
+def original_normalise(target_list, num_classes):
+    """The original's add_bbox_regression_targets after _compute_targets, line for line."""
+    class_counts = np.zeros((num_classes, 1)) + 1e-14
+    sums = np.zeros((num_classes, 4))
+    squared_sums = np.zeros((num_classes, 4))
+    for targets in target_list:
+        for cls in range(1, num_classes):
+            cls_inds = np.where(targets[:, 0] == cls)[0]
+            if cls_inds.size > 0:
+                class_counts[cls] += cls_inds.size
+                sums[cls, :] += targets[cls_inds, 1:].sum(axis=0)
+                squared_sums[cls, :] += (targets[cls_inds, 1:] ** 2).sum(axis=0)
+    means = sums / class_counts
+    stds = np.sqrt(squared_sums / class_counts - means ** 2)
+    for targets in target_list:
+        for cls in range(1, num_classes):
+            cls_inds = np.where(targets[:, 0] == cls)[0]
+            targets[cls_inds, 1:] -= means[cls, :]
+            targets[cls_inds, 1:] /= stds[cls, :]
+    return means.ravel(), stds.ravel()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bbox_target_stats_match_original(seed):
+    rng = np.random.default_rng(seed)
+    roidb = random_roidb(rng, 30, 6)
+    originals = [compute_targets(entry, 0.5) for entry in roidb]
+    their_means, their_stds = original_normalise(originals, 6)
+    means, stds = add_bbox_targets(roidb, 6, 0.5)
+    np.testing.assert_array_equal(means, their_means)
+    np.testing.assert_array_equal(stds, their_stds)
+    for entry, theirs in zip(roidb, originals):
+        assert entry["bbox_targets"].dtype == np.float32
+        np.testing.assert_array_equal(entry["bbox_targets"], theirs)
+
+
+def test_bbox_targets_differ_from_one_rounding():
+    """The single-rounding float64 arithmetic the test above rules out does differ on such a roidb."""
+    rng = np.random.default_rng(0)
+    roidb = random_roidb(rng, 30, 6)
+    raw = [compute_targets(entry, 0.5) for entry in roidb]
+    means, stds = add_bbox_targets(roidb, 6, 0.5)
+    means, stds = means.reshape(6, 4), stds.reshape(6, 4)
+    once = [((t[:, 1:] - means[t[:, 0].astype(int)]) / np.where(stds > 0, stds, 1)[t[:, 0].astype(int)])
+            .astype(np.float32)[t[:, 0] > 0] for t in raw]
+    ours = [e["bbox_targets"][e["bbox_targets"][:, 0] > 0, 1:] for e in roidb]
+    assert any((a != b).any() for a, b in zip(once, ours))
+
+
+def test_constant_class_gets_std_zero_and_a_warning(caplog):
+    """Class 2 has only its gt boxes as examples (targets all 0): the original's 0/0 would be NaN."""
+    rng = np.random.default_rng(3)
+    roidb = random_roidb(rng, 4, 3)
+    for entry in roidb:  # keep class 2's gt boxes, drop every other example of class 2
+        drop = (entry["max_classes"] == 2) & (entry["max_overlaps"] < 1)
+        entry["max_overlaps"][drop] = 0.0
+        entry["max_classes"][drop] = 0
+    roidb[0]["max_classes"][0] = 2  # row 0 is a gt box: class 2 has at least one example
+    originals = [compute_targets(entry, 0.5) for entry in roidb]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        original_normalise(originals, 3)
+    assert not all(np.isfinite(t).all() for t in originals)
+    with caplog.at_level("WARNING", logger="fastrcnn"):
+        means, stds = add_bbox_targets(roidb, 3, 0.5, ("__background__", "cat", "dog"))
+    assert np.isfinite(means).all() and np.isfinite(stds).all()
+    assert (stds.reshape(3, 4)[2] == 0).all() and (stds.reshape(3, 4)[1] > 0).all()
+    assert all(np.isfinite(e["bbox_targets"]).all() for e in roidb)
+    warnings = [r.getMessage() for r in caplog.records if "zero variance" in r.getMessage()]
+    assert len(warnings) == 1 and "2 (dog)" in warnings[0] and "cat" not in warnings[0]

@@ -14,6 +14,7 @@ from fastrcnn.rcnn.detect import image_pyramid, project_rois
 from fastrcnn.rcnn.image import prep_image, read_image
 from fastrcnn.rcnn.minibatch import build_minibatch
 from fastrcnn.rcnn.roidb import add_bbox_targets, append_flipped, compute_targets, merge_proposals
+from fastrcnn.rcnn.voc_eval import evaluate_detections, format_ap_table
 
 MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])  # the original's float64 PIXEL_MEANS
 
@@ -206,3 +207,14 @@ def test_constant_class_gets_std_zero_and_a_warning(caplog):
     assert all(np.isfinite(e["bbox_targets"]).all() for e in roidb)
     warnings = [r.getMessage() for r in caplog.records if "zero variance" in r.getMessage()]
     assert len(warnings) == 1 and "2 (dog)" in warnings[0] and "cat" not in warnings[0]
+
+
+def test_class_with_only_difficult_gt_is_left_out_and_named():
+    """The original's mean would be NaN; ours is the mean of the others and the table says which were left out."""
+    gt = [{"boxes": np.array([[10, 10, 50, 50], [60, 60, 90, 90]]), "gt_classes": np.array([1, 2]),
+           "difficult": np.array([False, True])}]
+    dets = [[np.zeros((0, 5))], [np.array([[10, 10, 50, 50, 0.9]])], [np.array([[60, 60, 90, 90, 0.8]])]]
+    aps = evaluate_detections(dets, gt, ("__background__", "cat", "dog"), use_07_metric=True)
+    assert aps["cat"] == 1.0 and np.isnan(aps["dog"]) and aps["mAP"] == 1.0
+    assert format_ap_table(aps).splitlines()[-1] == \
+        "left out of the mean AP (no non-difficult ground truth): dog"

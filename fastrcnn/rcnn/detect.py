@@ -104,7 +104,11 @@ def _class_dets(scores, boxes, j, inds):
 
 class OriginalProtocol:
     """The original test protocol: per class, at most 100 detections per image before NMS, and an adaptive
-    threshold that keeps 40 × (number of images) detections per class over the whole set."""
+    threshold that keeps 40 × (number of images) detections per class over the whole set.
+
+    The per-image top-k cut sorts by descending score with a stable sort, the same rule as our NMS and VOC
+    evaluation: among equal scores the earlier RoI wins. The original's default ``np.argsort`` (quicksort, unstable)
+    leaves the order of ties, and so which of them survive the cut, to NumPy."""
 
     def __init__(self, num_classes, num_images, cfg):
         self.max_per_image = cfg.TEST.MAX_PER_IMAGE
@@ -116,7 +120,7 @@ class OriginalProtocol:
         dets = [np.zeros((0, 5), np.float32)]
         for j in range(1, scores.shape[1]):
             inds = np.flatnonzero((scores[:, j] > self.thresh[j]) & candidate)
-            inds = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]
+            inds = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]  # ties: earlier RoI
             heap = self.heaps[j]
             for s in scores[inds, j]:
                 heapq.heappush(heap, float(s))

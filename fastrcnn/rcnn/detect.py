@@ -107,7 +107,7 @@ class OriginalProtocol:
     threshold that keeps 40 × (number of images) detections per class over the whole set.
 
     The per-image top-k cut sorts by descending score with a stable sort, the same rule as our NMS and VOC
-    evaluation: among equal scores the earlier RoI wins. The original's default ``np.argsort`` (quicksort, unstable)
+    evaluation: among equal scores the earlier RoI wins. The original's default (unstable) ``np.argsort``
     leaves the order of ties, and so which of them survive the cut, to NumPy."""
 
     def __init__(self, num_classes, num_images, cfg):

@@ -60,7 +60,8 @@ def compute_targets(entry, bbox_thresh):
     """Compact targets [class, dx, dy, dw, dh] per RoI (class 0 and zeros for RoIs with no target).
 
     Examples are RoIs with max_overlaps >= bbox_thresh; each regresses to the gt RoI (max_overlaps == 1) it
-    overlaps most, class-agnostically, as the original's _compute_targets.
+    overlaps most, class-agnostically, as the original's _compute_targets. An image without gt boxes gets zero
+    targets, where the original's argmax over no gt boxes raised ValueError.
     """
     boxes, overlaps = entry["boxes"].astype(np.float64), entry["max_overlaps"]
     targets = np.zeros((len(boxes), 5), np.float32)

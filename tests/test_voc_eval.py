@@ -189,7 +189,8 @@ def test_format_ap_table():
     lines = table.splitlines()
     assert lines[1].split() == ["cat", f"{5 / 9:.4f}"]
     assert lines[2].split() == ["dog", "n/a"]
-    assert lines[-1].split() == ["mAP", f"{5 / 9:.4f}"]
+    assert lines[-2].split() == ["mAP", f"{5 / 9:.4f}"]
+    assert lines[-1] == "left out of the mean AP (no non-difficult ground truth): dog, bird, cow"
 
 
 def test_use_07_metric_for_year():

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import Error
 from .boxes import bbox_transform_inv, clip_boxes, nms
-from .image import images_to_blob, prep_image
+from .image import images_to_blob, prep_image, scaled_rois
 
 _DEDUP_WEIGHTS = np.array([1, 1e3, 1e6, 1e9, 1e12])
 
@@ -37,8 +37,7 @@ def project_rois(boxes, scales):
         levels = np.abs(areas - 224 * 224).argmin(axis=1)
     else:
         levels = np.zeros(len(boxes), dtype=np.int64)
-    rois = boxes * scales[levels][:, None]
-    return np.hstack([levels[:, None], rois]).astype(np.float32)
+    return scaled_rois(boxes, scales[levels], levels)
 
 
 def _roi_layer(net):
@@ -111,6 +110,10 @@ class OriginalProtocol:
     image order, keeps those above the running threshold and raises it. The top 100 above a threshold are
     those of the top 100 that pass it, so the two steps select what the original selects, and ``image``
     depends on its image alone (ranks can run it on their shares of the set).
+
+    The per-image top-k cut sorts by descending score with a stable sort, the same rule as our NMS and VOC
+    evaluation: among equal scores the earlier RoI wins. The original's default (unstable) ``np.argsort``
+    leaves the order of ties, and so which of them survive the cut, to NumPy.
     """
 
     def __init__(self, num_classes, num_images, cfg):
@@ -123,7 +126,7 @@ class OriginalProtocol:
         dets = [np.zeros((0, 5), np.float32)]
         inds = np.flatnonzero(candidate)
         for j in range(1, scores.shape[1]):
-            top = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]
+            top = inds[np.argsort(-scores[inds, j], kind="stable")[:self.max_per_image]]  # ties: earlier RoI
             dets.append(_class_dets(scores, boxes, j, top))
         return dets
 

@@ -1,6 +1,7 @@
 """Image preprocessing shared by training and detection (the original's utils/blob.py).
 
-BGR uint8 from cv2 → float32 minus PIXEL_MEANS → resized so that the shorter side is the target scale and the
+BGR uint8 from cv2 → float32, minus the float64 PIXEL_MEANS in place (float32(float32(im) − means), as the
+original's ``im -= pixel_means``) → resized so that the shorter side is the target scale and the
 longer at most MAX_SIZE (the scale factor itself, not the realised size ratio, scales the RoIs) → zero-padded
 into an N×3×H×W blob, images top-left aligned.
 """
@@ -28,12 +29,26 @@ def image_scale(height, width, target_size, max_size):
 
 
 def prep_image(image, pixel_means, target_size, max_size):
-    """(mean-subtracted float32 image resized by the original's rule, scale factor)."""
+    """(mean-subtracted float32 image resized by the original's rule, scale factor).
+
+    The means stay float64: the difference is computed in float64 and rounded once to float32, as the
+    original's in-place subtraction; the resize comes after it, as there."""
     im = image.astype(np.float32, copy=True)
-    im -= np.asarray(pixel_means, dtype=np.float32).reshape(1, 1, 3)
+    im -= np.asarray(pixel_means, dtype=np.float64).reshape(1, 1, 3)
     scale = image_scale(im.shape[0], im.shape[1], target_size, max_size)
     im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     return im, scale
+
+
+def scaled_rois(boxes, scales, indices):
+    """float32 RoIs [index, x1, y1, x2, y2]: the boxes times their float64 scale factors, rounded once to
+    float32 when the blob is filled, as the original's _project_im_rois in training and at test time.
+
+    ``scales`` and ``indices`` (batch image or pyramid level) are scalars or one value per box."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scales = np.broadcast_to(np.asarray(scales, dtype=np.float64).reshape(-1, 1), (len(boxes), 1))
+    indices = np.broadcast_to(np.asarray(indices, dtype=np.float64).reshape(-1, 1), (len(boxes), 1))
+    return np.hstack([indices, boxes * scales]).astype(np.float32)
 
 
 def images_to_blob(images):

@@ -8,7 +8,7 @@ minibatch may hold fewer than R RoIs. All random draws happen in ``plan_minibatc
 import numpy as np
 
 from ..errors import Error
-from .image import images_to_blob, prep_image, read_image
+from .image import images_to_blob, prep_image, read_image, scaled_rois
 
 
 def sample_rois(entry, rois_per_image, fg_per_image, train_cfg, rng):
@@ -53,8 +53,7 @@ def build_minibatch(roidb, plan, cfg, num_classes, with_bbox):
         image = read_image(entry["image"], entry["flipped"])
         im, scale = prep_image(image, cfg.PIXEL_MEANS, target_size, cfg.TRAIN.MAX_SIZE)
         images.append(im)
-        boxes = entry["boxes"][keep].astype(np.float32) * np.float32(scale)
-        rois.append(np.hstack([np.full((len(keep), 1), n, np.float32), boxes]))
+        rois.append(scaled_rois(entry["boxes"][keep], scale, n))
         labels.append(lab)
         if with_bbox:
             targets.append(entry["bbox_targets"][keep])

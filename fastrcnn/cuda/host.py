@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy
 
 from ..errors import Error
+from ..fileio import atomic_write
 from .kernels import FOLDER, expression, expressions
 
 FLAGS = ("-x", "c++", "-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror")
@@ -64,21 +65,17 @@ def build(file):
     target = folder / f"{Path(file).stem}-{digest.hexdigest()[:20]}.so"
     if target.exists():
         return target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{target.stem}-", suffix=".so")
-    except OSError as exc:
-        raise Error(f"cannot write the kernel cache {folder} (set FASTRCNN_KERNEL_CACHE): {exc}") from None
-    os.close(handle)
-    try:
-        done = subprocess.run([gxx, *FLAGS, f"-I{FOLDER}", "-o", temp, "-"], input=code, text=True,
+    with tempfile.TemporaryDirectory(prefix="fastrcnn-kernel-") as scratch:
+        built = Path(scratch) / target.name
+        done = subprocess.run([gxx, *FLAGS, f"-I{FOLDER}", "-o", str(built), "-"], input=code, text=True,
                               capture_output=True, check=False)
         if done.returncode:
             raise Error(f"g++ failed to compile fastrcnn/cuda/{file} for the CPU:\n{done.stderr}")
-        os.replace(temp, target)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Error(f"cannot create the kernel cache {folder} (set FASTRCNN_KERNEL_CACHE): {exc}") from None
+        atomic_write(target, lambda f: f.write(built.read_bytes()))
     return target
 
 

@@ -1,6 +1,7 @@
 // Caffe's im2col and col2im (im2col.cu) with padding, stride and dilation, as the columns of
-// fastrcnn/layers/conv.py: col[(c·kh + i)·kw + j][oh·out_w + ow] = image[c][oh·sh − ph + i·dh][ow·sw − pw + j·dw],
-// 0 in the padding. image (C, H, W), col (C·kh·kw, out_h·out_w).
+// fastrcnn/layers/conv.py:
+//   col[(c·kh + i)·kw + j][oh·out_w + ow] = image[c][oh·sh − ph + i·dh][ow·sw − pw + j·dw], 0 in the padding.
+// image (C, H, W), col (C·kh·kw, out_h·out_w).
 #include "kernel_common.h"
 
 // One thread per column element.

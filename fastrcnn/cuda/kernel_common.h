@@ -21,4 +21,19 @@ typedef long long int64;
 __device__ __forceinline__ float frcnn_pow(float a, float b) { return powf(a, b); }
 __device__ __forceinline__ double frcnn_pow(double a, double b) { return pow(a, b); }
 
+// The first maximum in row-major order of plane[h·width + w] over [h0, h1) × [w0, w1) (not empty): Caffe's
+// strict > from the window's first cell. Its value goes to *best, its position h·width + w to *best_at.
+template <typename T>
+__device__ __forceinline__ void frcnn_window_max(const T* plane, int width, int h0, int h1, int w0, int w1,
+                                                 T* best, int* best_at) {
+    *best_at = h0 * width + w0;
+    *best = plane[*best_at];
+    for (int h = h0; h < h1; ++h)
+        for (int w = w0; w < w1; ++w)
+            if (plane[h * width + w] > *best) {
+                *best_at = h * width + w;
+                *best = plane[*best_at];
+            }
+}
+
 #endif

@@ -125,6 +125,14 @@ def _i32(*values):
     return [numpy.int32(v) for v in values]
 
 
+def _shape(value, ndim, what):
+    """A shape of ``ndim`` ints."""
+    shape = tuple(int(v) for v in value)
+    if len(shape) != ndim:
+        raise Error(f"{what} must have {ndim} sizes, got {value}")
+    return shape
+
+
 def _pair(value, what):
     """An (h, w) pair of ints."""
     values = tuple(int(v) for v in value)
@@ -173,7 +181,7 @@ def roi_pool_forward(bottom, rois, pooled_h, pooled_w, spatial_scale, with_argma
 def roi_pool_backward(top_diff, argmax, rois, bottom_shape, pooled_h, pooled_w, spatial_scale):
     """The bottom gradient of RoI pooling: each top diff onto its bin's argmax, summed in RoI order."""
     xp, top_diff = _floats(top_diff, "roi_pool_backward: top_diff", 4)
-    num, channels, height, width = (int(v) for v in bottom_shape)
+    num, channels, height, width = _shape(bottom_shape, 4, "roi_pool_backward: bottom_shape")
     rois = xp.ascontiguousarray(rois, dtype=top_diff.dtype)
     batch = _roi_batches(xp, rois, num, "roi_pool_backward")
     ph, pw, scale = _roi_geometry(pooled_h, pooled_w, spatial_scale)
@@ -214,7 +222,7 @@ def nms(dets, thresh):
 # -- im2col ---------------------------------------------------------------------------------------------
 def _conv_geometry(image_shape, kernel, pad, stride, dilation):
     """The int32 arguments height, width, kernel, pad, stride, dilation (h, w each), out_h, out_w."""
-    channels, height, width = (int(v) for v in image_shape)
+    channels, height, width = _shape(image_shape, 3, "im2col: the image shape")
     pairs = [_pair(v, f) for v, f in ((kernel, "kernel"), (pad, "pad"), (stride, "stride"),
                                       (dilation, "dilation"))]
     out = []
@@ -248,7 +256,7 @@ def col2im(col, image_shape, kernel, pad, stride, dilation):
     channels, out, geometry = _conv_geometry(image_shape, kernel, pad, stride, dilation)
     kh, kw = geometry[2:4]
     col = _like(xp, col, "col2im: col", (channels * int(kh) * int(kw), out[0] * out[1]), col.dtype)
-    image = xp.empty(tuple(int(v) for v in image_shape), col.dtype)
+    image = xp.empty(_shape(image_shape, 3, "col2im: image_shape"), col.dtype)
     _run("col2im", col.dtype, image.size, col, numpy.int64(image.size), *geometry, image)
     return image
 
@@ -283,9 +291,7 @@ def _pool_forward(name, x, kernel, stride, pad, ceil, *extra):
 
 def _pool_backward(name, top_diff, mask, bottom_shape, kernel, stride, pad):
     xp, top_diff = _floats(top_diff, f"{name}: top_diff", 4)
-    bottom_shape = tuple(int(v) for v in bottom_shape)
-    if len(bottom_shape) != 4:
-        raise Error(f"{name}: bottom_shape must be (N, C, H, W), got {bottom_shape}")
+    bottom_shape = _shape(bottom_shape, 4, f"{name}: bottom_shape")
     for ceil in (True, False):  # the rounding whose pooled size is top_diff's
         try:
             pooled, geometry = _pool_geometry(bottom_shape, kernel, stride, pad, ceil)
@@ -298,7 +304,8 @@ def _pool_backward(name, top_diff, mask, bottom_shape, kernel, stride, pad):
                     f"bottom with kernel {kernel}, stride {stride} and pad {pad} gives")
     masks = [] if mask is None else [_like(xp, mask, f"{name}: mask", top_diff.shape, numpy.int32)]
     bottom_diff = xp.empty(bottom_shape, top_diff.dtype)
-    _run(name, top_diff.dtype, bottom_diff.size, top_diff, *masks, numpy.int64(bottom_diff.size), *geometry, bottom_diff)
+    _run(name, top_diff.dtype, bottom_diff.size, top_diff, *masks, numpy.int64(bottom_diff.size), *geometry,
+         bottom_diff)
     return bottom_diff
 
 

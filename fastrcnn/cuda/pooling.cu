@@ -34,14 +34,9 @@ __global__ void max_pool_forward(const T* bottom, int64 count, int height, int w
         int hstart, hend, wstart, wend, span;
         pool_window(ph, kernel_h, stride_h, pad_h, height, &hstart, &hend, &span);
         pool_window(pw, kernel_w, stride_w, pad_w, width, &wstart, &wend, &span);
-        int best_at = hstart * width + wstart;
-        T best = plane[best_at];
-        for (int h = hstart; h < hend; ++h)
-            for (int w = wstart; w < wend; ++w)
-                if (plane[h * width + w] > best) {
-                    best_at = h * width + w;
-                    best = plane[best_at];
-                }
+        T best;
+        int best_at;
+        frcnn_window_max(plane, width, hstart, hend, wstart, wend, &best, &best_at);
         top[index] = best;
         mask[index] = best_at;
     }

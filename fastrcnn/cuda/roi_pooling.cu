@@ -44,15 +44,8 @@ __global__ void roi_pool_forward(const T* bottom, const T* rois, int64 count, in
         T best = 0;
         int best_at = -1;
         if (hend > hstart && wend > wstart) {
-            const T* plane = bottom + (batch * channels + c) * height * width;
-            best_at = hstart * width + wstart;
-            best = plane[best_at];
-            for (int h = hstart; h < hend; ++h)
-                for (int w = wstart; w < wend; ++w)
-                    if (plane[h * width + w] > best) {
-                        best_at = h * width + w;
-                        best = plane[best_at];
-                    }
+            frcnn_window_max(bottom + (batch * channels + c) * height * width, width, hstart, hend, wstart, wend,
+                             &best, &best_at);
         }
         top[index] = best;
         if (with_argmax) argmax[index] = best_at;

@@ -125,6 +125,14 @@ def test_missing_gxx_is_a_clear_error(monkeypatch):
         host.build("nms.cu")
 
 
+def test_host_launch_checks_its_arguments():
+    out = np.zeros((4, 2), np.float32)
+    with pytest.raises(Error, match="argument 0 must be a C-contiguous array"):
+        host.launch("im2col.cu", "im2col", np.float32, 1, 1, (out[:, :1],))
+    with pytest.raises(Error, match="argument 1 must be a NumPy array or scalar, got int"):
+        host.launch("im2col.cu", "im2col", np.float32, 1, 1, (out, 3))
+
+
 def test_package_data_holds_every_source_and_header():
     tree = ast.parse((ROOT / "setup.py").read_text())
     call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")

@@ -21,7 +21,11 @@ float64 arrays (N, C, H, W unless said) and returns arrays of the same kind and 
 - ``lrn_forward(x, size, alpha, beta, k)`` → ``(top, scale)`` (ACROSS_CHANNELS);
   ``lrn_backward(x, top, scale, top_diff, size, alpha, beta)`` → ``bottom_diff``.
 
-Pooling sizes follow ``fastrcnn.layers.pooling.pooled_size``.
+Pooling sizes follow ``fastrcnn.layers.pooling.pooled_size``. The kernels compute as the NumPy layers, in
+the same float32 (or float64) operations, compiled without FMA contraction (``--fmad=false``, g++
+``-ffp-contract=off``): equal results except AVE pooling's forward sums (another order) and LRN's ``pow``
+(another implementation), within a few ulps. CuPy appends ``-ftz=true`` to the options, so on the GPU float32
+subnormal values flush to zero.
 """
 from pathlib import Path
 

@@ -75,6 +75,14 @@ __global__ void roi_pool_backward(const T* top_diff, const int* argmax, const T*
                      &bin_w);
             roi_axis(static_cast<float>(roi[2]), static_cast<float>(roi[4]), spatial_scale, pooled_h, &y1,
                      &bin_h);
+            // the bins of a RoI tile [first bin's start, last bin's end) along each axis
+            int last;
+            roi_bin(0, y1, bin_h, height, &lo, &hi);
+            roi_bin(pooled_h - 1, y1, bin_h, height, &last, &hi);
+            if (h < lo || h >= hi) continue;
+            roi_bin(0, x1, bin_w, width, &lo, &hi);
+            roi_bin(pooled_w - 1, x1, bin_w, width, &last, &hi);
+            if (w < lo || w >= hi) continue;
             const int64 first = (r * channels + c) * pooled_h * pooled_w;
             for (int ph = 0; ph < pooled_h; ++ph) {
                 roi_bin(ph, y1, bin_h, height, &lo, &hi);

@@ -145,6 +145,42 @@ def test_package_data_holds_every_source_and_header():
         assert any(fnmatch.fnmatch(f"cuda/{path.name}", g) for g in globs), path.name
 
 
+def test_cupy_arrays_launch_through_rawmodule_once_per_file_and_device(monkeypatch):
+    """The dispatch to CuPy, with a stand-in module: the file's source, OPTIONS and name expressions go to
+    RawModule, compiled once per (file, device), launched on the array's device."""
+    calls = []
+
+    class Device:
+        def __init__(self, id):
+            self.id = id
+
+        def __enter__(self):
+            calls.append(("device", self.id))
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            calls.append(("compile", code, options, tuple(name_expressions)))
+
+        def get_function(self, name):
+            return lambda grid, block, args: calls.append(("launch", name, grid, block, len(args)))
+
+    Array = type("ndarray", (), {"__module__": "cupy._core.core", "device": Device(3)})
+    monkeypatch.setitem(sys.modules, "cupy", type(sys)("cupy"))
+    sys.modules["cupy"].RawModule = RawModule
+    monkeypatch.setattr(kernels, "_modules", {})
+    for _ in range(2):
+        kernels._launch("im2col", np.float64, (2,), (256,), (Array(), np.int64(5), Array()))
+    compiles = [c for c in calls if c[0] == "compile"]
+    assert compiles == [("compile", (ROOT / "fastrcnn/cuda/im2col.cu").read_text(), kernels.OPTIONS,
+                         ("im2col<float>", "im2col<double>", "col2im<float>", "col2im<double>"))]
+    assert kernels.OPTIONS[-1] == f"-I{ROOT / 'fastrcnn' / 'cuda'}"
+    assert calls[-2:] == [("device", 3), ("launch", "im2col<double>", (2,), (256,), 3)]
+
+
 def test_a_cpu_run_imports_no_cupy():
     kernels.nms(np.array([[0, 0, 1, 1, 1]], np.float32), 0.5)
     assert "cupy" not in sys.modules

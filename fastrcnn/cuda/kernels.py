@@ -66,8 +66,9 @@ def source(file):
     return (FOLDER / file).read_text(encoding="utf-8")
 
 
-def _module(cupy, file):
-    key = (file, cupy.cuda.Device().id)
+def _module(cupy, file, device):
+    """``file`` compiled for ``device`` (once per process)."""
+    key = (file, device.id)
     if key not in _modules:
         _modules[key] = cupy.RawModule(code=source(file), options=OPTIONS, name_expressions=expressions(file))
     return _modules[key]
@@ -75,9 +76,11 @@ def _module(cupy, file):
 
 def _launch(name, dtype, grid, block, args):
     """Run kernel ``name`` (its ``dtype`` instantiation) on the arrays' device."""
-    if any(_is_cupy(a) for a in args):
+    arrays = [a for a in args if _is_cupy(a)]
+    if arrays:
         import cupy  # noqa: PLC0415  (only a CuPy array gets here)
-        _module(cupy, _FILES[name]).get_function(expression(name, dtype))(grid, block, args)
+        with arrays[0].device as device:
+            _module(cupy, _FILES[name], device).get_function(expression(name, dtype))(grid, block, args)
     else:
         from . import host  # noqa: PLC0415
         host.launch(_FILES[name], name, dtype, grid, block, args)

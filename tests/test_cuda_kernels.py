@@ -125,12 +125,22 @@ def test_missing_gxx_is_a_clear_error(monkeypatch):
         host.build("nms.cu")
 
 
-def test_host_launch_checks_its_arguments():
+def test_host_launch_checks_its_arguments_against_the_kernel():
+    """Every launch passes arrays and scalars of the parameters' own types (the packing CuPy uses)."""
+    assert host.signature("nms.cu", "nms_mask", None) == [
+        (True, np.dtype(np.float32)), (False, np.dtype(np.int32)), (False, np.dtype(np.int32)),
+        (False, np.dtype(np.float64)), (True, np.dtype(np.uint64))]
     out = np.zeros((4, 2), np.float32)
-    with pytest.raises(Error, match="argument 0 must be a C-contiguous array"):
-        host.launch("im2col.cu", "im2col", np.float32, 1, 1, (out[:, :1],))
-    with pytest.raises(Error, match="argument 1 must be a NumPy array or scalar, got int"):
-        host.launch("im2col.cu", "im2col", np.float32, 1, 1, (out, 3))
+    args = [out, np.int32(4), np.int32(1), np.float64(0.5), np.zeros(4, np.uint64)]
+    host.launch("nms.cu", "nms_mask", None, 1, 1, args)
+    for i, bad, message in [(0, out[:, :1], "argument 0 must be a C-contiguous array"),
+                            (1, np.int64(4), "argument 1 must be a scalar of int32, got a scalar of int64"),
+                            (3, 0.5, "argument 3 must be a scalar of float64, got float"),
+                            (4, np.zeros(4, np.int64), "argument 4 must be an array of uint64, got an array of int64")]:
+        with pytest.raises(Error, match=message):
+            host.launch("nms.cu", "nms_mask", None, 1, 1, args[:i] + [bad] + args[i + 1:])
+    with pytest.raises(Error, match="kernel nms_mask takes 5 arguments, got 4"):
+        host.launch("nms.cu", "nms_mask", None, 1, 1, args[:4])
 
 
 def test_package_data_holds_every_source_and_header():

@@ -94,20 +94,35 @@ def _dims(value, what):
     return (ctypes.c_uint * 3)(*(dims + (1,) * (3 - len(dims))))
 
 
+def signature(file, name, dtype):
+    """The kernel's parameter types: NumPy dtypes, those of pointers' elements for pointers, and a flag
+    (pointer or not) for each."""
+    entry = getattr(library(file), symbol(expression(name, dtype)) + "_signature")
+    entry.restype = ctypes.c_char_p
+    return [(code.startswith("*"), numpy.dtype(code.lstrip("*"))) for code in entry().decode().split()]
+
+
 def launch(file, name, dtype, grid, block, args):
     """Run kernel ``name`` (its ``dtype`` instantiation) of ``file`` on NumPy arrays: every (block, thread)
     of ``grid`` × ``block`` in turn. ``args`` are C-contiguous arrays (passed as pointers) and NumPy scalars
-    (passed in their own type), in the kernel's order."""
+    (passed in their own type), in the kernel's order, each checked against the kernel's parameter type (as
+    CuPy packs them: a scalar by its own size)."""
     entry = getattr(library(file), symbol(expression(name, dtype)))
+    params = signature(file, name, dtype)
+    if len(args) != len(params):
+        raise Error(f"kernel {name} takes {len(params)} arguments, got {len(args)}")
     values = []
-    for i, a in enumerate(args):
-        if isinstance(a, numpy.ndarray):
+    for i, (a, (pointer, want)) in enumerate(zip(args, params)):
+        if pointer and isinstance(a, numpy.ndarray) and a.dtype == want:
             if not a.flags.c_contiguous:
                 raise Error(f"kernel {name}: argument {i} must be a C-contiguous array")
             values.append(ctypes.c_void_p(a.ctypes.data))
-        elif isinstance(a, numpy.generic):
+        elif not pointer and isinstance(a, numpy.generic) and a.dtype == want:
             values.append(numpy.array(a))
         else:
-            raise Error(f"kernel {name}: argument {i} must be a NumPy array or scalar, got {type(a).__name__}")
+            got = (f"an array of {a.dtype}" if isinstance(a, numpy.ndarray) else
+                   f"a scalar of {a.dtype}" if isinstance(a, numpy.generic) else type(a).__name__)
+            raise Error(f"kernel {name}: argument {i} must be {'an array' if pointer else 'a scalar'} of "
+                        f"{want}, got {got}")
     addresses = [ctypes.addressof(v) if isinstance(v, ctypes.c_void_p) else v.ctypes.data for v in values]
     entry(_dims(grid, "grid"), _dims(block, "block"), (ctypes.c_void_p * max(len(values), 1))(*addresses))

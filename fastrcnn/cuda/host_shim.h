@@ -1,7 +1,9 @@
 // The CUDA names the package's kernels use, for g++: a launch runs every (block, thread) of its grid in turn,
 // one at a time, so the kernels (which never synchronise threads) compute what they compute on the GPU.
 // FRCNN_HOST_LAUNCHER(symbol, kernel) defines the C entry ``void symbol(grid[3], block[3], args)`` where
-// ``args`` points at each argument's value, as cuLaunchKernel's kernelParams.
+// ``args`` points at each argument's value, as cuLaunchKernel's kernelParams, and ``symbol_signature()``: the
+// kernel's parameter types as NumPy kinds and sizes (``*f4 i8 ...``, ``*`` for a pointer), which the caller
+// checks its arguments against.
 #ifndef FRCNN_HOST_SHIM_H
 #define FRCNN_HOST_SHIM_H
 #ifdef __CUDACC__
@@ -10,6 +12,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -48,6 +51,24 @@ inline T __ldg(const T* address) {
     return *address;
 }
 
+// A parameter type as a NumPy kind and size: "f4", "i8", "u8"; "*f4" for a pointer to float.
+template <typename T>
+std::string frcnn_host_code() {
+    if constexpr (std::is_pointer_v<T>) {
+        return "*" + frcnn_host_code<std::remove_cv_t<std::remove_pointer_t<T>>>();
+    } else {
+        static_assert(std::is_arithmetic_v<T>, "kernel parameters are numbers and pointers to numbers");
+        const char kind = std::is_floating_point_v<T> ? 'f' : (std::is_signed_v<T> ? 'i' : 'u');
+        return std::string(1, kind) + std::to_string(sizeof(T));
+    }
+}
+
+template <typename... A>
+const char* frcnn_host_signature(void (*)(A...)) {
+    static const std::string codes = ((frcnn_host_code<A>() + " ") + ... + std::string());
+    return codes.c_str();
+}
+
 template <typename... A, std::size_t... I>
 inline void frcnn_host_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
     kernel(*static_cast<std::remove_reference_t<A>*>(args[I])...);
@@ -74,6 +95,7 @@ inline void frcnn_host_launch(void (*kernel)(A...), const unsigned int* grid, co
 #define FRCNN_HOST_LAUNCHER(symbol, ...)                                                             \
     extern "C" void symbol(const unsigned int* grid, const unsigned int* block, void** args) { \
         frcnn_host_launch(__VA_ARGS__, grid, block, args);                                       \
-    }
+    }                                                                                            \
+    extern "C" const char* symbol##_signature() { return frcnn_host_signature(__VA_ARGS__); }
 
 #endif

@@ -13,7 +13,9 @@ float64 arrays (N, C, H, W unless said) and returns arrays of the same kind and 
 - ``nms(dets, thresh)`` → the kept indices (a NumPy int64 array, best first) of (N, 5)
   ``[x1, y1, x2, y2, score]`` dets, exactly those of ``fastrcnn.rcnn.boxes.nms``.
 - ``im2col(image, kernel, pad, stride, dilation)`` → col (C·kh·kw, out_h·out_w) of a (C, H, W) image;
-  ``col2im(col, image_shape, kernel, pad, stride, dilation)`` → the image gradient. The sizes are (h, w) pairs.
+  ``col2im(col, image_shape, kernel, pad, stride, dilation)`` → the image gradient, summed over the kernel
+  offsets in row-major order (the convolution layer's col2im over one band of rows; where the layer splits
+  the rows into bands, the pixels on band edges add in another order). The sizes are (h, w) pairs.
 - ``max_pool_forward(x, kernel, stride, pad, ceil=True)`` → ``(top, mask)``, mask int32 h·W + w;
   ``max_pool_backward(top_diff, mask, bottom_shape, kernel, stride, pad)`` → ``bottom_diff``.
 - ``ave_pool_forward(x, kernel, stride, pad, ceil=True)`` → top;

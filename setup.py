@@ -21,8 +21,9 @@ setup(
     ],
     extras_require={
         # The CPU build of torch 2.13 lies ready on the CI machine; a range would pull GBs of CUDA wheels.
+        # NVRTC compiles the CUDA kernels in the tests (no GPU needed).
         "test": ["pytest>=7", "torch==2.13.0", "pycocotools>=2.0.6", "onnx>=1.15", "onnxruntime>=1.17", "mpi4py>=4",
-                 "mpich>=4"],
+                 "mpich>=4", "nvidia-cuda-nvrtc>=13; platform_system == 'Linux'"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         # mpiexec and MPI for several processes with no system MPI; tests use the wheel's mpiexec.
         "mpi": ["mpi4py>=4", "mpich>=4"],

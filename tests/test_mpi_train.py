@@ -1,0 +1,111 @@
+"""Data-parallel training: ``mpiexec -n 2 frcnn-solve`` trains the toy model as one process with iter_size 2
+does (the same minibatches, RoIs, dropout masks and BatchNorm statistics): bitwise with --ordered-sum, within
+float32 rounding with the allreduce; buckets change nothing; a failing rank ends every rank."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+from fastrcnn import comm
+from fastrcnn.rcnn.datasets.toy import generate_toy_dataset
+from fastrcnn.weights import read_npz
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "prototxt" / "toy"
+ITERS = 3
+#: A Dropout layer after fc6's ReLU, for the dropout masks' part (CaffeNet's fc6/fc7 have one each).
+DROPOUT = ('layer { name: "relu_fc6" type: "ReLU" bottom: "fc6" top: "fc6" }',
+           'layer { name: "relu_fc6" type: "ReLU" bottom: "fc6" top: "fc6" }\n'
+           'layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }')
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env["OPENBLAS_NUM_THREADS"] = "1"  # one process and two ranks then split their sums alike
+    return env
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Six toy training images (twelve roidb entries with the flipped copies), and the solvers of the toy net
+    with and without a dropout layer, at iter_size 1 and 2."""
+    root = tmp_path_factory.mktemp("toy")
+    generate_toy_dataset(root / "small", seed=4, num_train=6, num_test=1)
+    net = (TOY / "train.prototxt").read_text()
+    assert DROPOUT[0] in net
+    (root / "dropout.prototxt").write_text(net.replace(DROPOUT[0], DROPOUT[1]))
+    solver = (TOY / "solver.prototxt").read_text()
+    for name, train_net in (("plain", TOY / "train.prototxt"), ("dropout", root / "dropout.prototxt")):
+        for iter_size in (1, 2):
+            text = solver.replace('train_net: "train.prototxt"', f'train_net: "{train_net}"')
+            (root / f"{name}_{iter_size}.prototxt").write_text(text + f"iter_size: {iter_size}\n")
+    return root
+
+
+def _solve(root, solver, output, ranks=None, extra=(), timeout=120):
+    command = [sys.executable, "-m", "fastrcnn.cli.solve", str(root / solver), "--imdb", f"voc:{root / 'small'}:train",
+               "--data-root", str(root), "--output", str(output), "--iters", str(ITERS), "--quiet",
+               "--set", "TRAIN.SCALES", "(128,)", "--set", "TRAIN.MAX_SIZE", "200",
+               "--set", "TRAIN.IMS_PER_BATCH", "2", "--set", "TRAIN.BATCH_SIZE", "32", *extra]
+    if ranks:
+        command = [comm.mpiexec(), "-n", str(ranks)] + command
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _trained(result):
+    """The final state's params and momentum (the normalised bbox_pred, as training holds it)."""
+    assert result.returncode == 0, result.stderr
+    weights = result.stdout.splitlines()[-1]
+    arrays, meta = read_npz(weights[:-len(".npz")] + ".solverstate", "state")
+    assert meta["iter"] == ITERS
+    return arrays, meta
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory):
+    """One process, iter_size 2: the reference of the two-rank runs (plain and dropout nets)."""
+    out = tmp_path_factory.mktemp("single")
+    return {name: _trained(_solve(data, f"{name}_2.prototxt", out / name)) for name in ("plain", "dropout")}
+
+
+def test_ordered_sum_is_bitwise_one_process_with_iter_size_2(data, single, tmp_path):
+    result = _solve(data, "dropout_1.prototxt", tmp_path, ranks=2, extra=["--ordered-sum"])
+    arrays, meta = _trained(result)
+    reference, reference_meta = single["dropout"]
+    assert sorted(arrays) == sorted(reference)
+    for name in reference:  # params (BatchNorm's running statistics among them) and momentum
+        numpy.testing.assert_array_equal(arrays[name], reference[name], err_msg=name)
+    assert meta["losses"] == reference_meta["losses"]  # each minibatch's loss, added in the same order
+    assert result.stdout.count("\n") == 1  # rank 0 alone prints the weights' path
+    assert result.stderr.count("Optimization done") <= 1 and "Data-parallel on 2 ranks" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loss.png", "toy_fast_rcnn_iter_3.npz", "toy_fast_rcnn_iter_3.solverstate", "train.log"]
+
+
+def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change_nothing(data, single, tmp_path):
+    whole = _trained(_solve(data, "plain_1.prototxt", tmp_path / "whole", ranks=2, extra=["--bucket-mb", "1000"]))
+    # buckets of 64 kB: the toy net's 1.3 MB of gradients go in several sums, started during backward
+    bucketed = _trained(_solve(data, "plain_1.prototxt", tmp_path / "bucketed", ranks=2,
+                               extra=["--bucket-mb", "0.0625"]))
+    for name in whole[0]:  # two addends: every partition sums each element as a + b
+        numpy.testing.assert_array_equal(bucketed[0][name], whole[0][name], err_msg=name)
+    reference = single["plain"][0]
+    for name, value in reference.items():
+        scale = numpy.abs(value).max() + 1e-30
+        # float32 sums in another order: a few ulps per addition, grown over 3 iterations of momentum
+        numpy.testing.assert_allclose(whole[0][name], value, rtol=0, atol=1e-4 * scale, err_msg=name)
+
+
+def _break_quantization_tables(path):
+    """Point every component of a baseline JPEG at quantization table 3, which it lacks: the header (and so
+    the dataset's check) still reads, decoding fails."""
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    for c in range(data[sof + 9]):
+        data[sof + 12 + 3 * c] = 3
+    path.write_bytes(bytes(data))

@@ -116,11 +116,3 @@ def test_two_ranks_write_the_proposal_cache_of_one_process(tmp_path):
     assert outputs[1] == outputs[0] and outputs[0].count("\n") == 1  # printed once
     assert caches[1] == caches[0]
 
-
-def test_training_under_mpiexec_is_refused_not_run_n_times(tmp_path):
-    result = subprocess.run([comm.mpiexec(), "-n", "2", sys.executable, "-m", "fastrcnn.cli.solve",
-                             str(REPO / "prototxt" / "toy" / "solver.prototxt"), "--output", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60, env=_env())
-    assert result.returncode != 0
-    assert "data-parallel training under mpiexec is not implemented yet" in result.stderr
-    assert not list(tmp_path.iterdir())

@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy
 import pytest
 
-from fastrcnn import comm
+from fastrcnn import comm, protoio
+from fastrcnn.rcnn.datasets import get_dataset
 from fastrcnn.rcnn.datasets.toy import generate_toy_dataset
+from fastrcnn.rcnn.proposals import load_or_compute_proposals
+from fastrcnn.rcnn.roi_data_layer import minibatch_indices
+from fastrcnn.rcnn.train import build_config
 from fastrcnn.weights import read_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,10 +27,12 @@ DROPOUT = ('layer { name: "relu_fc6" type: "ReLU" bottom: "fc6" top: "fc6" }',
            'layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }')
 
 
-def _env():
+def _env(threads):
+    """A plain environment; ``threads`` per process: with one, every layer sums a pass's gradient in one piece
+    (one process and the ranks then add the same terms), with two the sums come in per-thread pieces."""
     env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    env["OPENBLAS_NUM_THREADS"] = "1"  # one process and two ranks then split their sums alike
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -47,14 +53,14 @@ def data(tmp_path_factory):
     return root
 
 
-def _solve(root, solver, output, ranks=None, extra=(), timeout=120):
+def _solve(root, solver, output, ranks=None, extra=(), timeout=120, threads=2):
     command = [sys.executable, "-m", "fastrcnn.cli.solve", str(root / solver), "--imdb", f"voc:{root / 'small'}:train",
                "--data-root", str(root), "--output", str(output), "--iters", str(ITERS), "--quiet",
                "--set", "TRAIN.SCALES", "(128,)", "--set", "TRAIN.MAX_SIZE", "200",
                "--set", "TRAIN.IMS_PER_BATCH", "2", "--set", "TRAIN.BATCH_SIZE", "32", *extra]
     if ranks:
         command = [comm.mpiexec(), "-n", str(ranks)] + command
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(threads))
 
 
 def _trained(result):
@@ -97,8 +103,8 @@ def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change
     reference = single["plain"][0]
     for name, value in reference.items():
         scale = numpy.abs(value).max() + 1e-30
-        # float32 sums in another order: a few ulps per addition, grown over 3 iterations of momentum
-        numpy.testing.assert_allclose(whole[0][name], value, rtol=0, atol=1e-4 * scale, err_msg=name)
+        # float32 sums in another order (measured: 1.2e-6 of the largest element after 3 iterations)
+        numpy.testing.assert_allclose(whole[0][name], value, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
 def _break_quantization_tables(path):
@@ -109,3 +115,34 @@ def _break_quantization_tables(path):
     for c in range(data[sof + 9]):
         data[sof + 12 + 3 * c] = 3
     path.write_bytes(bytes(data))
+
+
+def test_a_failing_rank_ends_every_rank_and_keeps_the_last_snapshot(data, tmp_path):
+    """An image that rank 1 is the first to read, at iteration k ≥ 2 (one image per minibatch), breaks: both
+    ranks end within seconds with rank 1's message, the snapshots up to k − 1 are whole and none is later than
+    k (rank 0 may be writing k's, atomically, when rank 1 fails)."""
+    root = tmp_path / "data"
+    generate_toy_dataset(root / "small", seed=4, num_train=7, num_test=1)
+    dataset = get_dataset(f"voc:{root / 'small'}:train", root)
+    cfg = build_config(protoio.load_net(str(TOY / "train.prototxt")))
+    load_or_compute_proposals(dataset, cfg, root, progress=False)  # the intact images' proposals
+    count = 2 * dataset.num_images  # and their flipped copies, entry j showing image j mod num_images
+    first = {}
+    for g in range(4 * count):
+        for j in minibatch_indices(cfg.RNG_SEED, g, count, 1):
+            first.setdefault(int(j) % dataset.num_images, g)
+    image, g = min(((i, g) for i, g in first.items() if g % 2 == 1 and g >= 5), key=lambda pair: pair[1])
+    path = Path(dataset.image_path(image))
+    _break_quantization_tables(path)
+    start = time.monotonic()
+    result = _solve(data, "plain_1.prototxt", tmp_path / "out", ranks=2, timeout=60,
+                    extra=["--imdb", f"voc:{root / 'small'}:train", "--data-root", str(root), "--iters", "8",
+                           "--set", "TRAIN.SNAPSHOT_ITERS", "1", "--set", "TRAIN.IMS_PER_BATCH", "1"])
+    assert result.returncode != 0
+    assert time.monotonic() - start < 30
+    assert f"rank 1: error: {path}: cannot read the image" in result.stderr, result.stderr
+    written = sorted(int(s.stem.rsplit("_", 1)[1]) for s in (tmp_path / "out").glob("*.solverstate"))
+    assert written in (list(range(1, g // 2)), list(range(1, g // 2 + 1)))
+    for k in written:
+        assert read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.solverstate"), "state")[1]["iter"] == k
+        read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")

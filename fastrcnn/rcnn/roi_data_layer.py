@@ -13,6 +13,7 @@ not depend on the thread's timing, a snapshot's state is just the count of minib
 the ranks of a data-parallel run (``shard``) draw exactly what one process with iter_size ranks·iter_size
 draws for the same minibatches.
 """
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +25,21 @@ from ..layers.python_layer import parse_param_str, register_python_layer
 from .minibatch import build_minibatch, plan_minibatch
 
 TOP_NAMES = ("data", "rois", "labels", "bbox_targets", "bbox_loss_weights")
+
+
+def minibatch_indices(seed, g, count, ims_per_batch):
+    """The roidb indices of global minibatch ``g`` of a roidb of ``count`` entries: consecutive slices of
+    epoch permutations, each epoch as many minibatches as fit before ``ims_per_batch`` or fewer entries remain
+    (the original's rule, which skips the tail)."""
+    epoch, k = divmod(g, max(1, -(-(count - ims_per_batch) // ims_per_batch)))
+    return _permutation(seed, epoch, count)[k * ims_per_batch:(k + 1) * ims_per_batch]
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(seed, epoch, count):
+    order = np.random.default_rng([seed, 0, epoch]).permutation(count)
+    order.flags.writeable = False
+    return order
 
 
 @register("RoIData")
@@ -61,7 +77,6 @@ class RoIDataLayer(Layer):
             raise self.error("the training roidb is empty")
         self.roidb, self.cfg, self.num_classes = roidb, cfg, num_classes
         self.seed = int(cfg.RNG_SEED)
-        self._perm = (None, None)
         self.shard(0, 1, 1)
 
     def shard(self, rank, size, passes):
@@ -78,21 +93,12 @@ class RoIDataLayer(Layer):
         iteration, i = divmod(taken, self.passes)
         return (iteration * self.size + self.rank) * self.passes + i
 
-    def minibatch_indices(self, g):
-        """The roidb indices of global minibatch ``g``: consecutive slices of epoch permutations, each epoch
-        as many minibatches as fit before fewer than IMS_PER_BATCH + 1 images remain (the original's rule)."""
-        n, count = self.cfg.TRAIN.IMS_PER_BATCH, len(self.roidb)
-        if n > count:
-            raise self.error(f"TRAIN.IMS_PER_BATCH is {n} but the roidb has only {count} images")
-        epoch, k = divmod(g, max(1, -(-(count - n) // n)))
-        if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, 0, epoch]).permutation(count))
-        return self._perm[1][k * n:(k + 1) * n]
-
     def _submit(self, taken):
         """Draw the plan of this rank's ``taken``-th minibatch now and build its blobs in the background."""
-        g = self.minibatch_index(taken)
-        plan = plan_minibatch(self.roidb, self.minibatch_indices(g), self.cfg,
+        g, n = self.minibatch_index(taken), self.cfg.TRAIN.IMS_PER_BATCH
+        if n > len(self.roidb):
+            raise self.error(f"TRAIN.IMS_PER_BATCH is {n} but the roidb has only {len(self.roidb)} images")
+        plan = plan_minibatch(self.roidb, minibatch_indices(self.seed, g, len(self.roidb), n), self.cfg,
                               np.random.default_rng([self.seed, 1, g]))
         args = (self.roidb, plan, self.cfg, self.num_classes, self.with_bbox)
         if self.cfg.TRAIN.USE_PREFETCH:

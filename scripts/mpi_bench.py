@@ -16,6 +16,11 @@ Rows (each the median of the timed repeats after a warm-up):
 
     python scripts/mpi_bench.py --ranks 2 --json out.json     # S, M, L allreduce, toy training
     python scripts/mpi_bench.py --quick                       # S and M, fewer repeats
+    python scripts/mpi_bench.py --predict                     # the model of docs/scaling.md
+
+``--predict`` prints the modelled speed-up of S, M and L on 2, 8 and 64 GPUs (``predict``): compute from each
+train net's multiply-adds at 600×1000 (2 images, 128 RoIs) at an assumed sustained rate, ring allreduce at
+stated link bandwidths, and the part of it the buckets hide behind the rest of backward.
 
 It launches mpiexec itself (``fastrcnn.comm.mpiexec``: the MPI mpi4py uses). ``rows(quick=False)`` returns
 the rows as dicts, for other benchmark drivers.
@@ -34,6 +39,61 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MODELS = {"S": "CaffeNet", "M": "VGG_CNN_M_1024", "L": "VGG16"}
 TOY_SETTINGS = ["TRAIN.SCALES", "(224,)", "TRAIN.MAX_SIZE", "480", "TRAIN.IMS_PER_BATCH", "2"]
+
+
+#: Stated link bandwidths, bytes per second in one direction.
+LINKS = {"NVLink 450 GB/s": 450e9, "IB 400 Gb/s": 50e9, "IB 100 Gb/s": 12.5e9}
+#: Assumed sustained float32 rate of one H100 on these layers (60% of its 67 TFLOP/s without tensor cores).
+GPU_FLOPS = 40e12
+#: The workload of one rank's iteration: 2 images of 600×1000, 128 RoIs each (the original's defaults).
+IMAGES, HEIGHT, WIDTH, ROIS = 2, 600, 1000, 128
+
+
+def layer_work(model):
+    """(net, [(forward, backward) multiply-adds per layer]) of a model's train net at the stated workload:
+    Convolution and InnerProduct layers (a product for the weight gradient where the weights are trained, one
+    for the bottom gradient where backward continues below), the shapes from a reshape pass."""
+    import fastrcnn.rcnn.roi_data_layer  # noqa: F401  (registers the RoIData layer)
+    from fastrcnn.net import Net
+    net = Net(str(REPO / "prototxt" / MODELS[model] / "train.prototxt"), "TRAIN")
+    tops = net._tops[0]
+    for blob, shape in zip(tops, [(IMAGES, 3, HEIGHT, WIDTH), (ROIS, 5), (ROIS,), (ROIS, tops[-1].shape[1]),
+                                  (ROIS, tops[-1].shape[1])]):
+        blob.reshape(shape)
+    work = [(0, 0)]
+    for i in range(1, len(net.layers)):
+        layer, bottoms, tops = net.layers[i], net._bottoms[i], net._tops[i]
+        layer.reshape(bottoms, tops)
+        if layer.type not in ("Convolution", "InnerProduct"):
+            work.append((0, 0))
+            continue
+        forward = tops[0].count * layer.blobs[0].count // layer.blobs[0].shape[0]
+        backward = forward * (int(layer.need_backward and layer.param_propagate_down[0])
+                              + int(layer.need_backward and net._bottom_need_backward[i][0]))
+        work.append((forward, backward))
+    return net, work
+
+
+def predict(model, ranks, bandwidth, flops=GPU_FLOPS, bucket_bytes=None):
+    """The modelled iteration of ``ranks`` GPUs: compute (forward + backward multiply-adds at ``flops``), the
+    ring allreduce of each bucket (2(N−1)/N × bytes / ``bandwidth``, one at a time, each from the moment
+    backward has left its lowest layer) and the part of it that ends after backward (exposed)."""
+    from fastrcnn.data_parallel import BUCKET_BYTES, buckets
+    net, work = layer_work(model)
+    seconds = [(2 * f / flops, 2 * b / flops) for f, b in work]
+    backward = sum(b for _, b in seconds)
+    compute = sum(f for f, _ in seconds) + backward
+    done, comm, exposed_without = 0.0, 0.0, 0.0
+    for bucket in buckets(net, bucket_bytes or BUCKET_BYTES):
+        ready = sum(b for _, b in seconds[bucket.ready:])  # backward runs from the top layer down
+        cost = 2 * (ranks - 1) / ranks * 4 * bucket.buffer.size / bandwidth
+        done = max(done, ready) + cost
+        comm += cost
+    exposed = max(0.0, done - backward)
+    return {"model": model, "ranks": ranks, "compute s": compute, "backward s": backward, "allreduce s": comm,
+            "exposed s": exposed, "hidden": 1 - exposed / comm if comm else 1.0,
+            "speed-up": ranks * compute / (compute + exposed),
+            "speed-up without overlap": ranks * compute / (compute + comm)}
 
 
 def gradient_floats(model):
@@ -154,6 +214,20 @@ def rows(quick=False, ranks=2):
     return out
 
 
+def _prediction_table():
+    lines = [f"{'model':>5} {'link':>15} {'N':>3} {'compute ms':>10} {'backward ms':>11} {'allreduce ms':>12} "
+             f"{'exposed ms':>10} {'hidden':>6} {'speed-up':>8} {'no overlap':>10}"]
+    for model in MODELS:
+        for link, bandwidth in LINKS.items():
+            for ranks in (2, 8, 64):
+                r = predict(model, ranks, bandwidth)
+                lines.append(f"{model:>5} {link:>15} {ranks:>3} {1e3 * r['compute s']:>10.1f} "
+                             f"{1e3 * r['backward s']:>11.1f} {1e3 * r['allreduce s']:>12.1f} "
+                             f"{1e3 * r['exposed s']:>10.1f} {r['hidden']:>6.0%} {r['speed-up']:>8.1f} "
+                             f"{r['speed-up without overlap']:>10.1f}")
+    return "\n".join(lines)
+
+
 def _table(rows_):
     columns = ["row", "model", "ranks", "MB", "images", "seconds", "GB/s", "bus GB/s", "ratio", "speed-up"]
     lines = ["  ".join(f"{c:>9}" for c in columns)]
@@ -171,6 +245,7 @@ def main(argv=None):
     parser.add_argument("--ranks", type=int, default=2, help="the ranks N of the multi-rank rows (default 2)")
     parser.add_argument("--quick", action="store_true", help="S and M only, fewer repeats")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the rows here")
+    parser.add_argument("--predict", action="store_true", help="print the modelled GPU speed-ups instead")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -182,6 +257,9 @@ def main(argv=None):
             rank, result = _train_worker(params[0], int(params[1]), int(params[2]))
         if rank == 0:
             Path(args.out).write_text(json.dumps(result))
+        return
+    if args.predict:
+        print(_prediction_table())
         return
     if args.ranks < 2:
         parser.error("--ranks must be at least 2")

@@ -93,6 +93,21 @@ def test_ordered_sum_is_bitwise_one_process_with_iter_size_2(data, single, tmp_p
         "loss.png", "toy_fast_rcnn_iter_3.npz", "toy_fast_rcnn_iter_3.solverstate", "train.log"]
 
 
+def test_two_ranks_continue_a_state_of_one_process_exactly(data, single, tmp_path):
+    """One process with iter_size 2 trains 2 iterations; two ranks restore its state and train the third:
+    the result is the uninterrupted one process's (the state broadcast from rank 0, the sampler at the
+    minibatch the state counts)."""
+    first = _solve(data, "dropout_2.prototxt", tmp_path / "first", extra=["--iters", "2"])
+    assert first.returncode == 0, first.stderr
+    state = first.stdout.splitlines()[-1][:-len(".npz")] + ".solverstate"
+    arrays, meta = _trained(_solve(data, "dropout_1.prototxt", tmp_path / "second", ranks=2,
+                                   extra=["--ordered-sum", "--restore", state]))
+    reference, reference_meta = single["dropout"]
+    for name in reference:
+        numpy.testing.assert_array_equal(arrays[name], reference[name], err_msg=name)
+    assert meta["hooks"] == reference_meta["hooks"] == [{"minibatch": 2 * ITERS, "images": 12}]
+
+
 def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change_nothing(data, single, tmp_path):
     whole = _trained(_solve(data, "plain_1.prototxt", tmp_path / "whole", ranks=2, extra=["--bucket-mb", "1000"]))
     # buckets of 64 kB: the toy net's 1.3 MB of gradients go in several sums, started during backward
@@ -146,3 +161,70 @@ def test_a_failing_rank_ends_every_rank_and_keeps_the_last_snapshot(data, tmp_pa
     for k in written:
         assert read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.solverstate"), "state")[1]["iter"] == k
         read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")
+
+
+SMALL_NET = '''
+input: "x" input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }
+input: "label" input_shape { dim: 2 }
+layer { name: "conv1" type: "Convolution" bottom: "x" top: "conv1" param { lr_mult: 0 } param { lr_mult: 0 }
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+'''
+
+
+class _Recording(comm.SingleProcess):
+    """Two ranks' interface in one process: records what each started sum holds and what conv2's weight
+    gradient was at that moment; every rank's values are this one's."""
+    size = 2
+
+    def __init__(self, net):
+        self.net, self.started = net, []
+
+    def start_allreduce(self, array):
+        self.started.append((array.copy(), self.net.params["conv2"][0].diff.copy()))
+        return super().start_allreduce(array)
+
+    def allgather(self, array):
+        return numpy.stack([array, array])
+
+
+def test_buckets_start_during_backward_in_reverse_layer_order_and_frozen_layers_send_nothing():
+    from fastrcnn.data_parallel import DataParallel, trained_params
+    from fastrcnn.net import Net
+    net = Net(protoio.net_from_string(SMALL_NET), "TRAIN")
+    fc, conv2 = net.params["fc"], net.params["conv2"]
+    order = [fc[0], fc[1], conv2[0], conv2[1]]  # conv1's lr_mult 0: not sent
+    assert [b for b, _ in trained_params(net)] == order
+    recording = _Recording(net)
+    parallel = DataParallel(net, recording, bucket_bytes=1)  # one param a bucket
+    rng = numpy.random.default_rng(0)
+    net.forward(x=rng.standard_normal((2, 3, 8, 8)), label=[1, 3])
+    parallel.before_backward(True, True)
+    net.backward()
+    assert parallel.finish([0.5]) == [0.5, 0.5]
+    assert len(recording.started) == 4
+    for (sent, conv2_then), blob in zip(recording.started, order):
+        numpy.testing.assert_array_equal(sent, blob.diff.ravel())
+    for sent, conv2_then in recording.started[:2]:  # fc's sums start before conv2's backward has run
+        assert not conv2_then.any()
+    assert recording.started[2][1].any()
+    whole = DataParallel(net, recording, bucket_bytes=1 << 30)
+    assert len(whole.buckets) == 1 and whole.buckets[0].ready == net.layer_names.index("conv2")
+
+
+@pytest.mark.slow
+def test_four_ranks_equal_one_process_with_iter_size_4(data, tmp_path):
+    solver = (TOY / "solver.prototxt").read_text().replace('train_net: "train.prototxt"',
+                                                          f'train_net: "{data / "dropout.prototxt"}"')
+    (data / "dropout_4.prototxt").write_text(solver + "iter_size: 4\n")
+    reference = _trained(_solve(data, "dropout_4.prototxt", tmp_path / "one", threads=1))[0]
+    ordered = _trained(_solve(data, "dropout_1.prototxt", tmp_path / "ordered", ranks=4, threads=1,
+                              extra=["--ordered-sum"]))[0]
+    summed = _trained(_solve(data, "dropout_1.prototxt", tmp_path / "summed", ranks=4, threads=1))[0]
+    for name, value in reference.items():
+        numpy.testing.assert_array_equal(ordered[name], value, err_msg=name)
+        numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)

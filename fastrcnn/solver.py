@@ -9,9 +9,9 @@ snapshot every ``snapshot`` iterations.
 
 Snapshots are ``<prefix>_iter_<N>.npz`` (the weights) and ``<prefix>_iter_<N>.solverstate``: an .npz with
 the momentum history and a JSON entry with the iteration, the multistep position, the smoothed-loss
-window, the engine's random generator state, the states of ``snapshot_hooks`` and the solver fields this run
-overrode (``solver_overrides``, also in the weights' metadata), so that a restored run continues exactly as
-the uninterrupted one. Unlike Caffe, which restarts the loss average at every
+window, the engine's random generator state, the seed of the minibatches' random streams, the states of
+``snapshot_hooks`` and the solver fields this run overrode (``solver_overrides``, also in the weights'
+metadata), so that a restored run continues exactly as the uninterrupted one. Unlike Caffe, which restarts the loss average at every
 ``Step()`` call, the average runs across calls, so that loops of ``step(1)`` display a real average.
 
 With a ``communicator`` of N ranks (``fastrcnn.comm``) the solver trains data-parallel as one process with
@@ -320,8 +320,8 @@ class SGDSolver:
             self.comm.bcast(blob.data)
         for history in self.history:
             self.comm.bcast(history)
-        self.iter, self.current_step, self._losses, self.seed, self.overrides = self.comm.bcast_object(
-            (self.iter, self.current_step, self._losses, self.seed, self.overrides))
+        self.iter, self.current_step, self._losses, self.seed = self.comm.bcast_object(
+            (self.iter, self.current_step, self._losses, self.seed))
         self.smoothed_loss = sum(self._losses) / len(self._losses) if self._losses else 0.0
 
     def solve(self, resume_file=None):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy
 import pytest
+from mpi_helpers import break_quantization_tables
 
 from fastrcnn import comm, protoio
 from fastrcnn.rcnn.datasets import get_dataset
@@ -122,16 +123,6 @@ def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change
         numpy.testing.assert_allclose(whole[0][name], value, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-def _break_quantization_tables(path):
-    """Point every component of a baseline JPEG at quantization table 3, which it lacks: the header (and so
-    the dataset's check) still reads, decoding fails."""
-    data = bytearray(path.read_bytes())
-    sof = data.index(b"\xff\xc0")
-    for c in range(data[sof + 9]):
-        data[sof + 12 + 3 * c] = 3
-    path.write_bytes(bytes(data))
-
-
 def test_a_failing_rank_ends_every_rank_and_keeps_the_last_snapshot(data, tmp_path):
     """An image that rank 1 is the first to read, at iteration k ≥ 2 (one image per minibatch), breaks: both
     ranks end within seconds with rank 1's message, the snapshots up to k − 1 are whole and none is later than
@@ -148,7 +139,7 @@ def test_a_failing_rank_ends_every_rank_and_keeps_the_last_snapshot(data, tmp_pa
             first.setdefault(int(j) % dataset.num_images, g)
     image, g = min(((i, g) for i, g in first.items() if g % 2 == 1 and g >= 5), key=lambda pair: pair[1])
     path = Path(dataset.image_path(image))
-    _break_quantization_tables(path)
+    break_quantization_tables(path)
     start = time.monotonic()
     result = _solve(data, "plain_1.prototxt", tmp_path / "out", ranks=2, timeout=60,
                     extra=["--imdb", f"voc:{root / 'small'}:train", "--data-root", str(root), "--iters", "8",

@@ -181,8 +181,9 @@ class NCCL(MPI):
         if not isinstance(array, self._cupy.ndarray):
             return False
         if not array.flags.c_contiguous or array.dtype != numpy.float32:
-            raise TypeError("NCCL communicator: device buffers must be C-contiguous float32 CuPy arrays, got "
-                            f"{array.dtype} {'' if array.flags.c_contiguous else 'non-contiguous '}")
+            layout = "" if array.flags.c_contiguous else "non-contiguous "
+            raise TypeError("NCCL communicator: device buffers must be C-contiguous float32 CuPy arrays, got a "
+                            f"{layout}{array.dtype} array")
         # The compute stream's writes to the buffer end before NCCL's stream reads it.
         self.stream.wait_event(self._cupy.cuda.get_current_stream().record())
         return True

@@ -11,8 +11,9 @@ Snapshots are ``<prefix>_iter_<N>.npz`` (the weights) and ``<prefix>_iter_<N>.so
 the momentum history and a JSON entry with the iteration, the multistep position, the smoothed-loss
 window, the engine's random generator state, the seed of the minibatches' random streams, the states of
 ``snapshot_hooks`` and the solver fields this run overrode (``solver_overrides``, also in the weights'
-metadata), so that a restored run continues exactly as the uninterrupted one. Unlike Caffe, which restarts the loss average at every
-``Step()`` call, the average runs across calls, so that loops of ``step(1)`` display a real average.
+metadata), so that a restored run continues exactly as the uninterrupted one. Unlike Caffe, which restarts
+the loss average at every ``Step()`` call, the average runs across calls, so that loops of ``step(1)``
+display a real average.
 
 With a ``communicator`` of N ranks (``fastrcnn.comm``) the solver trains data-parallel as one process with
 iter_size N·iter_size: rank r runs the passes r·iter_size … of each iteration, ``fastrcnn.data_parallel``

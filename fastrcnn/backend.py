@@ -106,6 +106,12 @@ def set_random_seed(seed):
     _rng["gen"] = numpy.random.default_rng(int(seed))
 
 
+def set_random_stream(seed, index):
+    """Restart the generator at the stream of (``seed``, ``index``): the solver gives each minibatch its own,
+    so that its dropout masks do not depend on which process runs it or on what ran before."""
+    _rng["gen"] = numpy.random.default_rng([int(seed), int(index)])
+
+
 def rng():
     return _rng["gen"]
 

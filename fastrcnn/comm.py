@@ -6,8 +6,10 @@ launcher (``mpiexec``, ``srun``) started the process, which it tells from the va
 ``PMI_SIZE``): a plain run never imports mpi4py. All communicators share one interface: ``rank``,
 ``size``, ``local_rank``; ``allreduce(array)`` sums a NumPy (or, on :class:`NCCL`, CuPy) buffer across
 the ranks in place; ``start_allreduce(array)`` starts that sum and returns a handle whose ``wait()``
-ends it; ``bcast(array)`` copies rank 0's buffer into every rank's in place; ``bcast_object``,
-``gather_object`` and ``barrier`` carry small Python values; ``abort(code)`` ends every rank.
+ends it; ``bcast(array, root=0)`` copies the root's buffer into every rank's in place; ``allgather(array)``
+returns every rank's buffer stacked in rank order; ``send(array, dest)`` and ``recv(array, source)`` pass a
+buffer from one rank to another; ``bcast_object``, ``gather_object`` and ``barrier`` carry small Python
+values; ``abort(code)`` ends every rank.
 
 The MPI communicator hands NumPy buffers to MPI directly (``Allreduce``/``Iallreduce`` on buffers), so
 arrays are never pickled. The NCCL one reduces GPU buffers through ``cupy.cuda.nccl``, its unique id
@@ -72,8 +74,17 @@ class SingleProcess:
     def start_allreduce(self, array):
         return _Done()
 
-    def bcast(self, array):
+    def bcast(self, array, root=0):
         return array
+
+    def allgather(self, array):
+        return array[None].copy()
+
+    def send(self, array, dest):
+        raise Error(f"rank 0 of 1 has no rank {dest} to send to")
+
+    def recv(self, array, source):
+        raise Error(f"rank 0 of 1 has no rank {source} to receive from")
 
     def bcast_object(self, value):
         return value
@@ -119,8 +130,20 @@ class MPI(SingleProcess):
     def start_allreduce(self, array):
         return self.comm.Iallreduce(self._mpi.IN_PLACE, self._contiguous(array), op=self._mpi.SUM)
 
-    def bcast(self, array):
-        self.comm.Bcast(self._contiguous(array), root=0)
+    def bcast(self, array, root=0):
+        self.comm.Bcast(self._contiguous(array), root=root)
+        return array
+
+    def allgather(self, array):
+        out = numpy.empty((self.size,) + array.shape, array.dtype)
+        self.comm.Allgather(self._contiguous(array), out)
+        return out
+
+    def send(self, array, dest):
+        self.comm.Send(self._contiguous(array), dest=dest)
+
+    def recv(self, array, source):
+        self.comm.Recv(self._contiguous(array), source=source)
         return array
 
     def bcast_object(self, value):
@@ -153,32 +176,63 @@ class NCCL(MPI):
         self.nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
-    def _call(self, function, array, *args):
-        if not (isinstance(array, self._cupy.ndarray) and array.flags.c_contiguous):
-            raise TypeError("NCCL communicator: buffers must be C-contiguous CuPy arrays, got %s"
-                            % type(array).__name__)
-        if array.dtype != numpy.float32:
-            raise TypeError("NCCL communicator: buffers must be float32, got %s" % array.dtype)
+    def _on_device(self, array):
+        """Whether ``array`` goes through NCCL (a CuPy array; float32 only), else through MPI."""
+        if not isinstance(array, self._cupy.ndarray):
+            return False
+        if not array.flags.c_contiguous or array.dtype != numpy.float32:
+            layout = "" if array.flags.c_contiguous else "non-contiguous "
+            raise TypeError("NCCL communicator: device buffers must be C-contiguous float32 CuPy arrays, got a "
+                            f"{layout}{array.dtype} array")
         # The compute stream's writes to the buffer end before NCCL's stream reads it.
         self.stream.wait_event(self._cupy.cuda.get_current_stream().record())
-        function(array.data.ptr, array.data.ptr, array.size, self._nccl.NCCL_FLOAT32, *args,
-                 self.stream.ptr)
-        return self.stream.record()
+        return True
+
+    def _done(self):
+        """Make the compute stream wait for what NCCL's stream has queued so far."""
+        self._cupy.cuda.get_current_stream().wait_event(self.stream.record())
 
     def allreduce(self, array):
-        self._call(self.nccl.allReduce, array, self._nccl.NCCL_SUM)
-        self.stream.synchronize()
+        if not self._on_device(array):
+            return super().allreduce(array)
+        self.nccl.allReduce(array.data.ptr, array.data.ptr, array.size, self._nccl.NCCL_FLOAT32,
+                            self._nccl.NCCL_SUM, self.stream.ptr)
+        self._done()
         return array
 
     def start_allreduce(self, array):
-        return _Event(self._call(self.nccl.allReduce, array, self._nccl.NCCL_SUM), self._cupy)
+        if not self._on_device(array):
+            return super().start_allreduce(array)
+        self.nccl.allReduce(array.data.ptr, array.data.ptr, array.size, self._nccl.NCCL_FLOAT32,
+                            self._nccl.NCCL_SUM, self.stream.ptr)
+        return _Event(self.stream.record(), self._cupy)
 
-    def bcast(self, array):
-        if not isinstance(array, self._cupy.ndarray):
-            return super().bcast(array)
-        self._call(lambda src, dst, n, dtype, stream: self.nccl.broadcast(src, dst, n, dtype, 0, stream),
-                   array)
+    def bcast(self, array, root=0):
+        if not self._on_device(array):
+            return super().bcast(array, root)
+        self.nccl.bcast(array.data.ptr, array.size, self._nccl.NCCL_FLOAT32, root, self.stream.ptr)
+        self._done()
+        return array
+
+    def allgather(self, array):
+        if not self._on_device(array):
+            return super().allgather(array)
+        out = self._cupy.empty((self.size,) + array.shape, array.dtype)
+        self.nccl.allGather(array.data.ptr, out.data.ptr, array.size, self._nccl.NCCL_FLOAT32, self.stream.ptr)
+        self._done()
+        return out
+
+    def send(self, array, dest):
+        if not self._on_device(array):
+            return super().send(array, dest)
+        self.nccl.send(array.data.ptr, array.size, self._nccl.NCCL_FLOAT32, dest, self.stream.ptr)
         self.stream.synchronize()
+
+    def recv(self, array, source):
+        if not self._on_device(array):
+            return super().recv(array, source)
+        self.nccl.recv(array.data.ptr, array.size, self._nccl.NCCL_FLOAT32, source, self.stream.ptr)
+        self._done()
         return array
 
 

@@ -148,6 +148,8 @@ class Net:
         self.phase = phase_name(phase)
         #: Set to a collections.defaultdict(float) to accumulate forward seconds per layer name.
         self.timings = None
+        #: Set to a function of the layer index, called as backward leaves each layer (run or skipped).
+        self.after_backward = None
         net_param = protoio.load_net(model_file)
         self.name = net_param.name
         self.source = model_file if isinstance(model_file, str) else f"<net '{net_param.name}'>"
@@ -355,6 +357,8 @@ class Net:
             for i in range(hi, lo - 1, -1):
                 if self._layer_need_backward[i]:
                     self.layers[i].backward(self._tops[i], self._bottom_need_backward[i], self._bottoms[i])
+                if self.after_backward is not None:
+                    self.after_backward(i)
         names = list(self.inputs) + [d for d in (diffs or ()) if d not in self.inputs]
         return {name: self.blobs[name].diff for name in names}
 

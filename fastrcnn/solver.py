@@ -2,16 +2,23 @@
 
 ``SGDSolver(solver_file)`` builds the train net and the test nets (which share the train net's param blobs by
 layer name), and ``step(n)`` runs Caffe's Step loop: clear the param diffs, test at ``test_interval``, sum
-``iter_size`` forward/backward passes, smooth the loss over ``average_loss`` iterations, display, then
+``iter_size`` forward/backward passes (each with the engine's random stream of its minibatch: dropout masks
+depend on the minibatch's index only), smooth the loss over ``average_loss`` iterations, display, then
 ApplyUpdate (learning rate, gradient clipping, normalisation, weight decay, momentum, ``data -= diff``) and
 snapshot every ``snapshot`` iterations.
 
 Snapshots are ``<prefix>_iter_<N>.npz`` (the weights) and ``<prefix>_iter_<N>.solverstate``: an .npz with
 the momentum history and a JSON entry with the iteration, the multistep position, the smoothed-loss
-window, the engine's random generator state, the states of ``snapshot_hooks`` and the solver fields this run
-overrode (``solver_overrides``, also in the weights' metadata), so that a restored run continues exactly as
-the uninterrupted one. Unlike Caffe, which restarts the loss average at every
-``Step()`` call, the average runs across calls, so that loops of ``step(1)`` display a real average.
+window, the engine's random generator state, the seed of the minibatches' random streams, the states of
+``snapshot_hooks`` and the solver fields this run overrode (``solver_overrides``, also in the weights'
+metadata), so that a restored run continues exactly as the uninterrupted one. Unlike Caffe, which restarts
+the loss average at every ``Step()`` call, the average runs across calls, so that loops of ``step(1)``
+display a real average.
+
+With a ``communicator`` of N ranks (``fastrcnn.comm``) the solver trains data-parallel as one process with
+iter_size N·iter_size: rank r runs the passes r·iter_size … of each iteration, ``fastrcnn.data_parallel``
+sums the gradients and orders the BatchNorm statistics, rank 0's weights and state are broadcast at the start
+(``share_state``), and rank 0 alone tests and writes snapshots.
 """
 import logging
 import math
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import numpy
 
-from . import backend, protoio, weights
+from . import backend, comm, protoio, weights
 from .errors import Error
 from .net import Net, phase_name
 from .parallel import elementwise
@@ -138,10 +145,12 @@ class SGDSolver:
     ``solver_file`` is a solver prototxt path or a SolverParameter. ``callbacks`` are called with the
     solver after every iteration; ``snapshot_hooks`` are objects with ``snapshot_state() -> dict``
     (JSON-able) and ``restore_state(dict)`` whose states travel in the .solverstate file.
-    ``snapshot_dir``, when set, is the folder the snapshot prefix is taken relative to.
+    ``snapshot_dir``, when set, is the folder the snapshot prefix is taken relative to. ``communicator``,
+    ``bucket_bytes`` and ``ordered_sum`` set up data-parallel training (``fastrcnn.data_parallel``).
     """
 
-    def __init__(self, solver_file):
+    def __init__(self, solver_file, communicator=None, bucket_bytes=None, ordered_sum=False):
+        self.comm = communicator or comm.SingleProcess()
         self.param = protoio.load_solver(solver_file)
         from_file = not isinstance(solver_file, caffe_pb2.SolverParameter)
         self.source = str(solver_file) if from_file else "<solver>"
@@ -151,6 +160,12 @@ class SGDSolver:
             backend.set_random_seed(self.param.random_seed)
         self.net = self._train_net()
         self.test_nets = self._test_nets()
+        #: The seed of the minibatches' random streams (``backend.set_random_stream``).
+        self.seed = self.param.random_seed if self.param.random_seed >= 0 else int(backend.rng().integers(1 << 62))
+        self.parallel = None
+        if self.comm.size > 1:
+            from .data_parallel import BUCKET_BYTES, DataParallel
+            self.parallel = DataParallel(self.net, self.comm, bucket_bytes or BUCKET_BYTES, ordered_sum)
         self.iter = 0
         self.current_step = 0
         self.smoothed_loss = 0.0
@@ -262,6 +277,10 @@ class SGDSolver:
         """The learning rate the next update uses."""
         return learning_rate(self.param, self.iter, self.current_step)[0]
 
+    def minibatch_index(self, i):
+        """The global index of this rank's pass ``i`` of the current iteration."""
+        return (self.iter * self.comm.size + self.comm.rank) * self.param.iter_size + i
+
     def step(self, iters):
         """Run ``iters`` iterations (Solver::Step)."""
         p = self.param
@@ -269,12 +288,20 @@ class SGDSolver:
         while self.iter < stop:
             self.net.clear_param_diffs()
             testing = p.test_interval and self.iter % p.test_interval == 0
-            if testing and (self.iter > 0 or p.test_initialization):
+            if testing and (self.iter > 0 or p.test_initialization) and self.comm.rank == 0:
                 self.test_all()
-            loss = 0.0
-            for _ in range(p.iter_size):
-                loss += float(self.net.forward_backward())
-            self._update_smoothed_loss(loss / p.iter_size)
+            losses = []
+            for i in range(p.iter_size):
+                backend.set_random_stream(self.seed, self.minibatch_index(i))
+                self.net.forward()
+                loss = self.net.loss()
+                if self.parallel is not None:
+                    self.parallel.before_backward(i == 0, i == p.iter_size - 1)
+                self.net.backward()
+                losses.append(float(loss))
+            if self.parallel is not None:
+                losses = self.parallel.finish(losses)
+            self._update_smoothed_loss(sum(losses) / len(losses))
             if p.display and self.iter % p.display == 0:
                 self._display()
             self.apply_update()
@@ -283,6 +310,20 @@ class SGDSolver:
                 self.snapshot()
             for callback in self.callbacks:
                 callback(self)
+
+    def share_state(self):
+        """Give every rank rank 0's params (all of them: BatchNorm's statistics too), momentum, iteration,
+        loss window and seed (after the weights are loaded or a state restored)."""
+        if self.comm.size == 1:
+            return
+        blobs = {id(b): b for layer_blobs in self.net.params.values() for b in layer_blobs}
+        for blob in blobs.values():
+            self.comm.bcast(blob.data)
+        for history in self.history:
+            self.comm.bcast(history)
+        self.iter, self.current_step, self._losses, self.seed = self.comm.bcast_object(
+            (self.iter, self.current_step, self._losses, self.seed))
+        self.smoothed_loss = sum(self._losses) / len(self._losses) if self._losses else 0.0
 
     def solve(self, resume_file=None):
         """Train to ``max_iter`` (Solver::Solve), optionally from a .solverstate; snapshot at the end."""
@@ -323,6 +364,7 @@ class SGDSolver:
         time, the blocks shared among the threads)."""
         p = self.param
         rate, self.current_step = learning_rate(p, self.iter, self.current_step)
+        passes = p.iter_size * self.comm.size  # the gradient is the sum over this many minibatches
         self._clip_gradients()
         params = self.net.learnable_params
         for blob, history, lr_mult, decay_mult in zip(params, self.history, self.net.lr_mults,
@@ -332,8 +374,8 @@ class SGDSolver:
             local_rate = numpy.float32(rate) * numpy.float32(lr_mult)
 
             def update(data, diff, history):
-                if p.iter_size > 1:
-                    diff *= numpy.float32(1.0 / p.iter_size)
+                if passes > 1:
+                    diff *= numpy.float32(1.0 / passes)
                 if local_decay:
                     diff += local_decay * (data if p.regularization_type == "L2" else xp.sign(data))
                 history *= numpy.float32(p.momentum)
@@ -399,9 +441,11 @@ class SGDSolver:
         return os.path.join(self.snapshot_dir, path) if self.snapshot_dir else path
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.npz`` and ``.solverstate``; returns the .solverstate path."""
+        """Write ``<prefix>_iter_<N>.npz`` and ``.solverstate`` (rank 0 only); returns the .solverstate path."""
         base = f"{self._snapshot_prefix()}_iter_{self.iter}"
         weights_path, state_path = base + ".npz", base + ".solverstate"
+        if self.comm.rank != 0:
+            return state_path
         folder = os.path.dirname(base)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -409,7 +453,7 @@ class SGDSolver:
         meta = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "iter": self.iter,
             "current_step": self.current_step, "losses": self._losses,
-            "rng_state": backend.get_rng_state(), "weights": os.path.basename(weights_path),
+            "rng_state": backend.get_rng_state(), "seed": self.seed, "weights": os.path.basename(weights_path),
             "hooks": [hook.snapshot_state() for hook in self.snapshot_hooks],
             "solver_overrides": self.overrides,
         }
@@ -432,6 +476,7 @@ class SGDSolver:
             losses = [float(x) for x in meta["losses"]]
             rng_state, hooks = meta["rng_state"], list(meta["hooks"])
             overrides = dict(meta.get("solver_overrides", {}))
+            seed = int(meta.get("seed", self.seed))
         except (KeyError, TypeError, ValueError) as exc:
             raise Error(f"{path}: solver state meta is incomplete or malformed ({exc!r})") from None
         restored = []
@@ -462,6 +507,6 @@ class SGDSolver:
         for hook, state in zip(self.snapshot_hooks, hooks):
             hook.restore_state(state)
         self.history = history
-        self.iter, self.current_step, self._losses = it, current_step, losses
+        self.iter, self.current_step, self._losses, self.seed = it, current_step, losses, seed
         self.smoothed_loss = sum(losses) / len(losses) if losses else 0.0
         log.info("Restored %s at iteration %d", path, it)

@@ -27,8 +27,17 @@ handle.wait()
 w = numpy.full(5, c.rank, numpy.float64)
 c.bcast(w)
 gathered = c.gather_object(("rank", c.rank))
+last = numpy.full(3, c.rank, numpy.float32)
+c.bcast(last, root=1)
+stacked = c.allgather(numpy.arange(4, dtype=numpy.float64) + 10 * c.rank)
+passed = numpy.zeros(6, numpy.float32)
+if c.rank == 0:
+    c.send(own[:6], 1)
+else:
+    c.recv(passed, 0)
 numpy.savez(sys.argv[1] + "/%d.npz" % c.rank, own=own, summed=numpy.concatenate([a, b]), w=w,
-            size=c.size, gathered=numpy.array(gathered if c.rank == 0 else [], dtype=object).astype(str))
+            size=c.size, gathered=numpy.array(gathered if c.rank == 0 else [], dtype=object).astype(str),
+            last=last, stacked=stacked, passed=passed)
 """
 
 
@@ -55,6 +64,7 @@ def test_plain_run_is_single_process_and_imports_no_mpi():
     code = ("import sys; from fastrcnn import comm; c = comm.communicator(); "
             "a = __import__('numpy').ones(3); assert c.allreduce(a) is a and c.size == 1 and c.rank == 0; "
             "c.start_allreduce(a).wait(); assert c.gather_object(7) == [7]; "
+            "assert (c.allgather(a) == a[None]).all() and c.bcast(a, root=0) is a; "
             "assert 'mpi4py' not in sys.modules and 'cupy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -78,6 +88,10 @@ def test_two_ranks_sum_broadcast_and_gather_numpy_buffers(tmp_path):
     numpy.testing.assert_array_equal(r1["w"], numpy.zeros(5))
     assert int(r0["size"]) == 2
     assert r0["gathered"].tolist() == [["rank", "0"], ["rank", "1"]]
+    numpy.testing.assert_array_equal(r0["last"], numpy.ones(3))  # rank 1's, broadcast from root 1
+    for r in (r0, r1):
+        numpy.testing.assert_array_equal(r["stacked"], [[0, 1, 2, 3], [10, 11, 12, 13]])  # rank order
+    numpy.testing.assert_array_equal(r1["passed"], r0["own"][:6])
 
 
 def test_abort_on_one_rank_ends_every_rank_quickly(tmp_path):

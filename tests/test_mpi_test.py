@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy
 import pytest
+from mpi_helpers import break_quantization_tables
 
 from fastrcnn import comm
 from fastrcnn.rcnn.datasets import get_dataset
@@ -67,16 +68,6 @@ def test_two_ranks_write_the_detections_and_map_of_one_process(toy, tmp_path):
             assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
 
 
-def _break_quantization_tables(path):
-    """Point every component of a baseline JPEG at quantization table 3, which it lacks: the header (and so
-    the dataset's check) still reads, decoding fails."""
-    data = bytearray(path.read_bytes())
-    sof = data.index(b"\xff\xc0")
-    for c in range(data[sof + 9]):
-        data[sof + 12 + 3 * c] = 3
-    path.write_bytes(bytes(data))
-
-
 def test_a_failing_rank_ends_every_rank_with_its_message(toy, tmp_path):
     root, weights = toy
     broken = tmp_path / "broken"
@@ -84,7 +75,7 @@ def test_a_failing_rank_ends_every_rank_with_its_message(toy, tmp_path):
     dataset = get_dataset(f"voc:{broken / 'small'}:test", broken)
     load_or_compute_proposals(dataset, tester.test_config(read_weights(weights)[1]), broken, progress=False)
     images = sorted((broken / "small" / "JPEGImages").glob("test_*.jpg"))
-    _break_quantization_tables(images[1])  # image 1: rank 1's first; its header still reads
+    break_quantization_tables(images[1])  # image 1: rank 1's first; its header still reads
     start = time.monotonic()
     result = _frcnn_test((broken, weights), tmp_path / "out", ranks=2, timeout=60)
     assert result.returncode != 0
@@ -115,12 +106,3 @@ def test_two_ranks_write_the_proposal_cache_of_one_process(tmp_path):
         caches.append((cache.name, _members(cache)))
     assert outputs[1] == outputs[0] and outputs[0].count("\n") == 1  # printed once
     assert caches[1] == caches[0]
-
-
-def test_training_under_mpiexec_is_refused_not_run_n_times(tmp_path):
-    result = subprocess.run([comm.mpiexec(), "-n", "2", sys.executable, "-m", "fastrcnn.cli.solve",
-                             str(REPO / "prototxt" / "toy" / "solver.prototxt"), "--output", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60, env=_env())
-    assert result.returncode != 0
-    assert "data-parallel training under mpiexec is not implemented yet" in result.stderr
-    assert not list(tmp_path.iterdir())

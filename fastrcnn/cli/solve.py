@@ -1,4 +1,8 @@
-"""frcnn-solve: train a Fast R-CNN detector from a solver prototxt (the original's tools/train_net.py)."""
+"""frcnn-solve: train a Fast R-CNN detector from a solver prototxt (the original's tools/train_net.py).
+
+Under ``mpiexec -n N`` the ranks train data-parallel, as one process with iter_size N (``fastrcnn.rcnn.train``);
+with ``--gpu`` each rank takes the GPU of its rank on its machine and the gradients go through NCCL.
+"""
 import argparse
 
 from ..errors import Error
@@ -23,25 +27,36 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="snapshots, log and loss curves (default: output/<solver folder name>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--ordered-sum", action="store_true",
+                        help="under mpiexec: add the ranks' gradients in rank order, bitwise what one process with "
+                        "iter_size N computes (the ranks' backward passes then run one after another)")
+    parser.add_argument("--bucket-mb", type=float, default=None, metavar="MB",
+                        help="under mpiexec: the size of the gradient buckets summed during backward (default 25)")
     add_pipeline_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    def solve():
+    def solve(communicator):
         args = parse_args(argv)
-        from .. import comm
-        if (comm.launcher_size() or 1) > 1:
-            raise Error("frcnn-solve trains in one process; data-parallel training under mpiexec is not "
-                        "implemented yet: start it without mpiexec")
+        if args.bucket_mb is not None and args.bucket_mb <= 0:
+            raise Error(f"--bucket-mb must be positive, got {args.bucket_mb}")
+        if communicator.size > 1 and args.gpu is not None:
+            from .. import comm
+            communicator = comm.NCCL(communicator.comm)
+            args.gpu = communicator.local_rank
         setup(args)
+        if communicator.rank != 0:
+            import logging
+            logging.getLogger("fastrcnn").setLevel(logging.ERROR)
         from ..rcnn.train import train
         path = train(args.solver, weights=args.weights, restore=args.restore, iters=args.iters, imdb=args.imdb,
                      cfg_file=args.cfg, set_pairs=set_pairs(args.set), output_dir=args.output,
-                     data_root=args.data_root, progress=not args.quiet,
-                     max_iter=args.max_iter)
-        print(path)
-    run_main(solve)
+                     data_root=args.data_root, progress=not args.quiet, max_iter=args.max_iter,
+                     communicator=communicator, bucket_mb=args.bucket_mb, ordered_sum=args.ordered_sum)
+        if communicator.rank == 0:
+            print(path)
+    run_main(solve, parallel=True)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ class BatchNorm(Layer):
     blobs[2] is 0); otherwise they are the batch's, over N and the spatial axes, and forward updates
     blobs[2] = blobs[2]·maf + 1, blobs[0] = blobs[0]·maf + mean, blobs[1] = blobs[1]·maf + m/(m−1)·var
     (m values per channel). As in Caffe the blobs get lr_mult 0 (a non-zero one is an error), and backward
-    never writes their diffs.
+    never writes their diffs. With ``deferred`` a list, forward appends each batch's (mean, m/(m−1)·var) to
+    it instead, for ``update_statistics`` to apply later: a data-parallel run applies every rank's in the
+    order of their minibatches, the updates one process makes (the batch statistics, not the running ones,
+    are what TRAIN uses, so nothing in the iteration reads them meanwhile).
     """
     exact_bottoms = exact_tops = 1
 
@@ -143,6 +146,7 @@ class BatchNorm(Layer):
             specs.add(lr_mult=0)
         self._normalized = Blob((), dtype)  # x̂ for backward; the top may be overwritten by in-place layers
         self._std = None
+        self.deferred = None
 
     def reshape(self, bottom, top):
         c = _channels(bottom[0])
@@ -185,11 +189,18 @@ class BatchNorm(Layer):
         self._std = std
         if not self.use_global:
             correction = m / (m - 1) if m > 1 else 1.0
-            for blob, value in ((self.blobs[0], mean), (self.blobs[1], var * correction)):
-                blob.data *= self.fraction
-                blob.data += value
-            self.blobs[2].data *= self.fraction
-            self.blobs[2].data += 1
+            if self.deferred is None:
+                self.update_statistics(mean, var * correction)
+            else:
+                self.deferred.append((mean, var * correction))
+
+    def update_statistics(self, mean, var):
+        """The moving averages' update by one batch's statistics (BatchNormLayer::Forward_cpu)."""
+        for blob, value in ((self.blobs[0], mean), (self.blobs[1], var)):
+            blob.data *= self.fraction
+            blob.data += value
+        self.blobs[2].data *= self.fraction
+        self.blobs[2].data += 1
 
     def backward(self, top, propagate_down, bottom):
         """Global statistics: dx = dy / std. Batch statistics:

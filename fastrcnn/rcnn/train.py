@@ -7,6 +7,10 @@ computed on first use, and the roidb gets flipped copies and normalised bbox tar
 test-ready: ``bbox_pred`` is saved un-normalised (W·std, b·std + mean), with the configuration, the class names
 and the target statistics in their metadata; the solver state keeps the normalised values, so a restored run
 continues exactly.
+
+With a ``communicator`` of several ranks (``mpiexec -n N frcnn-solve``) the ranks train data-parallel, as one
+process with iter_size N·iter_size (``fastrcnn.solver``, ``fastrcnn.data_parallel``); rank 0 alone logs, draws
+the progress bar and the loss curves, and writes the snapshots.
 """
 import logging
 import math
@@ -152,8 +156,8 @@ def default_output_dir(solver_path):
 
 def log_schedule(solver, cfg, num_images, num_entries, stop):
     """Set the solver's iterations per epoch (a pass over the roidb, flipped copies included) and log what an
-    epoch and the schedule to iteration ``stop`` cover in images and RoIs."""
-    ims = cfg.TRAIN.IMS_PER_BATCH * solver.param.iter_size
+    epoch and the schedule to iteration ``stop`` cover in images and RoIs (every rank's images)."""
+    ims = cfg.TRAIN.IMS_PER_BATCH * solver.param.iter_size * solver.comm.size
     solver.iters_per_epoch = num_entries / ims
     rois_per_image = cfg.TRAIN.BATCH_SIZE // cfg.TRAIN.IMS_PER_BATCH
     log.info("Epoch: %d images (%d%s), %d RoIs (%d per image), %.4g iterations of %d images", num_entries,
@@ -164,8 +168,12 @@ def log_schedule(solver, cfg, num_images, num_entries, stop):
 
 
 def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_file=None, set_pairs=(),
-          output_dir=None, data_root=None, progress=True, max_iter=None):
+          output_dir=None, data_root=None, progress=True, max_iter=None, communicator=None, bucket_mb=None,
+          ordered_sum=False):
     """Train as the solver says; returns the path of the final weights.
+
+    ``communicator`` (``fastrcnn.comm``) makes its ranks train data-parallel; ``bucket_mb`` is the size of the
+    gradient buckets and ``ordered_sum`` sums the gradients in rank order (``fastrcnn.data_parallel``).
 
     ``iters`` is the iteration to train to (default the solver's ``max_iter``); ``max_iter`` overrides the
     solver's for this run (recorded in the snapshots, put back by ``restore``). Training past ``max_iter``
@@ -193,9 +201,13 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
     data_root = config_mod.resolve_data_root(data_root or cfg.DATA_ROOT)
     imdb = imdb or (lp.roi_data_param.imdb if lp.type == "RoIData" else "") or DEFAULT_IMDB
     output_dir = Path(output_dir or default_output_dir(solver_path))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(output_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    from .. import comm
+    communicator = communicator or comm.SingleProcess()
+    handler = logging.NullHandler()
+    if communicator.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(output_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     try:
         log.info("Training %s on %s; output in %s", solver_path, imdb, output_dir)
@@ -203,15 +215,18 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
         dataset = get_dataset(imdb, data_root)
         dataset.validate()
         check_class_count(net_param, dataset.num_classes, net_source)
-        proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress)
+        proposals = load_or_compute_proposals(dataset, cfg, data_root, progress=progress,
+                                              communicator=communicator)
         roidb, means, stds = training_roidb(dataset, proposals, cfg)
         log.info("roidb: %d entries (%d images%s)", len(roidb), dataset.num_images,
                  ", with flipped copies" if cfg.TRAIN.USE_FLIPPED else "")
         backend.set_random_seed(cfg.RNG_SEED)
-        solver = SGDSolver(solver_path)
+        bucket_bytes = None if bucket_mb is None else int(bucket_mb * 2 ** 20)
+        solver = SGDSolver(solver_path, communicator, bucket_bytes, ordered_sum)
         solver.snapshot_dir = str(output_dir)
         data_layer = solver.net.layers[solver.net.layer_names.index(lp.name)]
         data_layer.set_roidb(roidb, cfg, dataset.num_classes)
+        data_layer.shard(communicator.rank, communicator.size, solver.param.iter_size)
         solver.snapshot_hooks.append(data_layer)
         meta = {"config": cfg.to_dict(), "classes": list(dataset.classes), "imdb": imdb,
                 "bbox_means": means.tolist(), "bbox_stds": stds.tolist()}
@@ -228,6 +243,10 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
             solver.restore(restore)
         if max_iter is not None:
             solver.override(max_iter=max_iter)
+        solver.share_state()
+        if communicator.size > 1:
+            log.info("Data-parallel on %d ranks: each iteration sums %d minibatches of %d images", communicator.size,
+                     communicator.size * solver.param.iter_size, cfg.TRAIN.IMS_PER_BATCH)
         stop = iters or solver.param.max_iter or 40000
         check_schedule(solver.param, stop, str(solver_path))
         log_schedule(solver, cfg, dataset.num_images, len(roidb), stop)
@@ -242,13 +261,15 @@ def _run(solver, cfg, max_iters, output_dir, progress):
     from tqdm import tqdm
     last_snapshot = None
     history = []
-    bar = tqdm(total=max_iters, initial=solver.iter, disable=not progress, unit="it", dynamic_ncols=True)
+    lead = solver.comm.rank == 0
+    bar = tqdm(total=max_iters, initial=solver.iter, disable=not (progress and lead), unit="it", dynamic_ncols=True)
     start, start_iter = time.perf_counter(), solver.iter
     while solver.iter < max_iters:
         solver.step(1)
         losses = {name: float(np.asarray(backend.to_cpu(solver.net.blobs[name].data)).sum())
                   for name in solver.net.outputs}
         total = sum(losses.values())
+        _stop_with_a_failing_rank(solver, total)
         if not math.isfinite(total):
             raise Error(f"the loss became {total} at iteration {solver.iter} ({losses}); training stopped. "
                         f"The last good snapshot is {last_snapshot or 'none (no snapshot yet)'}. Lower base_lr, "
@@ -263,8 +284,21 @@ def _run(solver, cfg, max_iters, output_dir, progress):
     bar.close()
     if last_snapshot is None or not last_snapshot.endswith(f"_iter_{solver.iter}.solverstate"):
         last_snapshot = solver.snapshot()
-    _plot_losses(history, output_dir / "loss.png")
+    if lead:
+        _plot_losses(history, output_dir / "loss.png")
     return last_snapshot[:-len(".solverstate")] + ".npz"
+
+
+def _stop_with_a_failing_rank(solver, total):
+    """With several ranks: when another rank's loss is not finite, wait for its error to end the run (it
+    names the loss and the last good snapshot), so that no rank writes a snapshot of the broken weights."""
+    if solver.comm.size == 1:
+        return
+    finite = solver.comm.allgather(np.array([math.isfinite(total)], np.uint8)).ravel()
+    if math.isfinite(total) and not finite.all():
+        time.sleep(30)  # the failing rank aborts every rank well before
+        failing = int(np.flatnonzero(finite == 0)[0])
+        raise Error(f"the loss on rank {failing} became non-finite at iteration {solver.iter}")
 
 
 def _plot_losses(history, path):

@@ -11,10 +11,11 @@ Stages (the limits add up to TOTAL_LIMIT_S, so that the whole check ends within 
   smoke      scripts/gpu_smoke.py: CuPy, the cuDNN frontend, one cuDNN plan and convolution, the RoI pooling
              and NMS kernels against the CPU, the TF32 switch; the check STOPS here when it fails
   gpu-tests  every test marked gpu (pytest -m gpu), with a JUnit XML report
-  toy-train  frcnn-solve prototxt/toy/solver.prototxt --gpu 0 (the README's training, on the GPU)
+  toy-train  frcnn-solve prototxt/toy/solver.prototxt --gpu 0 (the README's training, on the GPU; the data
+             are generated in a temporary folder, the weights and train.log go to DIR/toy)
   toy-test   frcnn-test on its weights; the mAP beside the bar the CPU-trained detector meets (0.90, the
              slow end-to-end test's)
-  bench      scripts/bench.py --device gpu (S, M, L; TF32 off and on; PyTorch beside)
+  bench      scripts/bench.py --device gpu (L, M, S; TF32 off and on; PyTorch beside)
 
 A stage's failure or timeout is recorded and the next stage runs (except after smoke). One JSON summary,
 --out DIR/gpu_check.json (default: $OUT, else ./gpu_check_out), is rewritten after every stage, with each
@@ -25,6 +26,7 @@ PYTHONPATH, so that a failed editable install still runs this checkout.
 import argparse
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -80,15 +82,19 @@ def junit_figures(outputs, out):
 
 
 def toy_train_figures(outputs, out):
-    lines = outputs[-1].strip().splitlines() if outputs else []
-    return {"weights": lines[-1] if lines else None}
+    """The weights' path (the last line frcnn-solve prints) and the last iteration its log reached."""
+    text = outputs[-1] if outputs else ""
+    weights = [line.strip() for line in text.splitlines() if line.strip().endswith(".npz")]
+    iterations = re.findall(r"Iteration (\d+)", text)
+    return {"weights": weights[-1] if weights else None,
+            "last_logged_iteration": int(iterations[-1]) if iterations else None}
 
 
 def toy_test_figures(outputs, out):
-    lines = outputs[-1].strip().splitlines() if outputs else []
-    if not lines or not lines[-1].startswith("mAP: "):
+    found = re.findall(r"^mAP: (\d\.\d+)$", outputs[-1] if outputs else "", re.M)
+    if not found:
         return {"error": "frcnn-test printed no 'mAP: ' line"}
-    value = float(lines[-1].split()[1])
+    value = float(found[-1])
     return {"map": value, "cpu_map_bar": CPU_TOY_MAP_BAR, "meets_cpu_bar": value >= CPU_TOY_MAP_BAR}
 
 
@@ -131,7 +137,7 @@ def stages(wheels, out, work):
     def toy_test(summary):
         weights = next((s["figures"].get("weights") for s in summary["stages"] if s["name"] == "toy-train"), None)
         return [PYTHON, "-m", "fastrcnn.cli.test", "prototxt/toy/test.prototxt", weights or "<weights from toy-train>",
-                "--gpu", "0", "--output", str(work / "toy_test"), "--data-root", str(work / "data"), "--quiet"]
+                "--gpu", "0", "--output", str(out / "toy_test"), "--data-root", str(work / "data"), "--quiet"]
     return [
         Stage("install", 30, install, install_figures),
         Stage("smoke", 60, [[PYTHON, "scripts/gpu_smoke.py", "--json", str(out / "gpu_smoke.json")]],
@@ -139,11 +145,12 @@ def stages(wheels, out, work):
         Stage("gpu-tests", 90, [[PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=", "-p",
                                  "no:cacheprovider", f"--junitxml={out / 'gpu_tests.xml'}"]], junit_figures),
         Stage("toy-train", 120, [[PYTHON, "-m", "fastrcnn.cli.solve", "prototxt/toy/solver.prototxt", "--gpu", "0",
-                                  "--output", str(work / "toy"), "--data-root", str(work / "data"), "--quiet"]],
+                                  "--output", str(out / "toy"), "--data-root", str(work / "data"), "--quiet"]],
               toy_train_figures),
         Stage("toy-test", 30, [toy_test], toy_test_figures),
-        Stage("bench", 150, [[PYTHON, "scripts/bench.py", "--device", "gpu", "--json", str(out / "bench_gpu.json")]],
-              bench_figures),
+        # L first: its rows carry the targets, and a run cut short by the limit still has them
+        Stage("bench", 150, [[PYTHON, "scripts/bench.py", "--device", "gpu", "--models", "L,M,S", "--json",
+                              str(out / "bench_gpu.json")]], bench_figures),
     ]
 
 

@@ -36,9 +36,19 @@ def test_dry_run_lists_every_stage_with_limits_within_eight_minutes(tmp_path):
     assert all(c.startswith("timeout ") for c in commands)
     text = "\n".join(commands)
     for piece in ("scripts/gpu_smoke.py", "pytest -m gpu", "fastrcnn.cli.solve prototxt/toy/solver.prototxt --gpu 0",
-                  "fastrcnn.cli.test prototxt/toy/test.prototxt", "bench.py --device gpu --json"):
+                  "fastrcnn.cli.test prototxt/toy/test.prototxt", "bench.py --device gpu --models L,M,S --json"):
         assert piece in text, piece
     assert not list(tmp_path.iterdir()), "a dry run writes nothing"
+
+
+def test_toy_figures_read_the_tools_output(gpu_check):
+    train = "Solving toy\nIteration 100, lr = 0.02, loss = 1.2\nIteration 2000, loss = 0.3\nout/toy/toy_iter_2000.npz\n"
+    assert gpu_check.toy_train_figures([train], None) == {"weights": "out/toy/toy_iter_2000.npz",
+                                                          "last_logged_iteration": 2000}
+    assert gpu_check.toy_train_figures([], None) == {"weights": None, "last_logged_iteration": None}
+    assert gpu_check.toy_test_figures(["star 0.8\nmAP: 0.8812\nINFO done\n"], None) == {
+        "map": 0.8812, "cpu_map_bar": 0.90, "meets_cpu_bar": False}
+    assert "error" in gpu_check.toy_test_figures(["Traceback\n"], None)
 
 
 def test_wheels_in_the_carried_folder_are_installed_offline(tmp_path, gpu_check):

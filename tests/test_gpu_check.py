@@ -1,6 +1,7 @@
 """The GPU check's scripts without a GPU: gpu_check.sh's plan and limits, its JSON summary over stand-in stages,
 bench.py's GPU plan (which imports neither CuPy nor PyTorch), the GPU rows' targets, and gpu_smoke.py's
 failure on a machine without CuPy."""
+import importlib
 import json
 import re
 import subprocess
@@ -14,14 +15,18 @@ SCRIPTS = ROOT / "scripts"
 STAGES = ("install", "smoke", "gpu-tests", "toy-train", "toy-test", "bench")
 
 
-@pytest.fixture(scope="module")
-def gpu_check():
+def from_scripts(name):
+    """A module of scripts/ (gpu_check, benchkit.*), imported with scripts/ on sys.path for the import only."""
     sys.path.insert(0, str(SCRIPTS))
     try:
-        import gpu_check
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return gpu_check
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return from_scripts("gpu_check")
 
 
 def test_dry_run_lists_every_stage_with_limits_within_eight_minutes(tmp_path):
@@ -138,12 +143,7 @@ def test_bench_gpu_plan_imports_neither_cupy_nor_torch():
 
 @pytest.fixture(scope="module")
 def rows_gpu():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        from benchkit import report, rows_gpu
-    finally:
-        sys.path.pop(0)
-    return rows_gpu, report
+    return from_scripts("benchkit.rows_gpu"), from_scripts("benchkit.report")
 
 
 def _row(kind, model, ours_s, torch_s=None, tf32=False):

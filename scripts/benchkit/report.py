@@ -56,15 +56,21 @@ def format_memory(row):
     return f"{'memory':<10} {row['model']:<4} {row['workload']:<30} | {peaks}"
 
 
+def print_lines(header, lines, legend):
+    """A table: its header, a rule as wide, its lines and the legend below."""
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(line)
+    print(legend)
+
+
 def print_cpu_table(rows):
     header = (f"{'row':<10} {'mdl':<4} {'workload':<30} | {'fastrcnn: s  rate':>27} | "
               f"{'torch: s  rate  ratio':>27} | {'opencv: s  rate  ratio':>27}")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(format_memory(row) if row["row"] == "memory" else format_row(row))
-    print("rate: GFLOP/s (2 × multiply-adds of conv and fc layers) or Gop/s for RoI pooling; ratio: fastrcnn "
-          "time / twin time (below 1: fastrcnn is faster); e: relative error of the twin's output vs ours")
+    print_lines(header, [format_memory(row) if row["row"] == "memory" else format_row(row) for row in rows],
+                "rate: GFLOP/s (2 × multiply-adds of conv and fc layers) or Gop/s for RoI pooling; ratio: fastrcnn "
+                "time / twin time (below 1: fastrcnn is faster); e: relative error of the twin's output vs ours")
 
 
 def print_footer(notes, machine):
@@ -107,14 +113,12 @@ def format_gpu_row(row):
 def print_gpu_table(rows):
     header = (f"{'row':<10} {'mdl':<4} {'tf32':<4} {'workload':<34} | {'fastrcnn: time  GFLOP/s':>20} | "
               f"{'torch: time  ratio  e':>27} | target")
-    print(header)
-    print("-" * len(header))
     models = list(dict.fromkeys(row["model"] for row in rows))
     order = {kind: i for i, kind in enumerate(_GPU_ORDER)}
-    for row in sorted(rows, key=lambda r: (models.index(r["model"]), order.get(r["row"], 99), bool(r.get("tf32")))):
-        print(format_gpu_row(row))
-    print("time: median per call (CUDA events, after a synchronisation); ratio: fastrcnn time / PyTorch time on "
-          "the same GPU (below 1: fastrcnn is faster); e: relative error of PyTorch's output vs ours; target: the "
-          "spec's, for float32 (TF32 off), pass or miss; tf32 on: fastrcnn.set_tf32(True) and PyTorch's TF32 "
-          "switches on; memory: MiB above the start, pool (CuPy) or caching allocator (PyTorch) peak, and the "
-          "device's use in brackets")
+    ordered = sorted(rows, key=lambda r: (models.index(r["model"]), order.get(r["row"], 99), bool(r.get("tf32"))))
+    print_lines(header, map(format_gpu_row, ordered),
+                "time: median per call (CUDA events, after a synchronisation); ratio: fastrcnn time / PyTorch time "
+                "on the same GPU (below 1: fastrcnn is faster); e: relative error of PyTorch's output vs ours; "
+                "target: the spec's, for float32 (TF32 off), pass or miss; tf32 on: fastrcnn.set_tf32(True) and "
+                "PyTorch's TF32 switches on; memory: MiB above the start, pool (CuPy) or caching allocator "
+                "(PyTorch) peak, and the device's use in brackets")

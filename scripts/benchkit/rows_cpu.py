@@ -19,7 +19,7 @@ from .models import (MODELS, TRAIN_MODELS, Model, Sizes, conv_flops, copy_params
                      train_net)
 from .report import format_memory, format_row, print_cpu_table
 from .twins import (NetAdapter, TorchTwin, check_train, last_writer, opencv_net, opencv_prototxt, optional_cv2,
-                    optional_torch, set_threads, torch_roi_pool)
+                    optional_torch, set_threads, torch_roi_pool, train_step)
 
 
 def plan(args):
@@ -301,20 +301,7 @@ class Bench:
             net.backward()
         row.add("fastrcnn", self.time(ours))
         if self.torch:
-            torch = self.torch
-            twin = TorchTwin(torch, net, train=True)
-            params = twin.parameters()
-            loss_tops = [(lp.top[0], lp.loss_weight[0] if lp.loss_weight else 1.0)
-                         for lp in net_param.layer if lp.type in ("SoftmaxWithLoss", "SmoothL1Loss")]
-            tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-
-            def run():
-                for p in params:
-                    p.grad = None
-                out = twin.forward(tensors)
-                loss = sum(w * out[top] for top, w in loss_tops)
-                loss.backward()
-                return loss
+            twin, run = train_step(self.torch, net, net_param, inputs)
             check = check_train(name, self.sizes, net, inputs, twin, run)
             row.add("torch", self.time(run), check)
             row.note("checked with dropout off: the loss, and every parameter gradient norm-wise")

@@ -19,7 +19,7 @@ from fastrcnn.rcnn.detect import im_detect
 from .core import Row, time_runs
 from .models import Model, Sizes, conv_flops, copy_params, he_fill, prototxt, relative_error, train_flops, train_net
 from .report import format_gpu_row, print_gpu_table
-from .twins import NetAdapter, TorchTwin, check_train, optional_torch
+from .twins import NetAdapter, TorchTwin, check_train, optional_torch, train_step
 
 KINDS = ("detect", "detect-svd", "train")
 #: A row's implementation repeats its timed calls until they fill this many seconds (0 with --quick).
@@ -270,20 +270,7 @@ class GpuBench:
         row = Row("train", name, workload, train_flops(net))
         row.add("fastrcnn", self.time(ours, self.clock))
         if self.torch:
-            torch = self.torch
-            twin = TorchTwin(torch, cpu_net, train=True, device=self.device)
-            params = twin.parameters()
-            loss_tops = [(lp.top[0], lp.loss_weight[0] if lp.loss_weight else 1.0)
-                         for lp in net_param.layer if lp.type in ("SoftmaxWithLoss", "SmoothL1Loss")]
-            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
-
-            def run():
-                for p in params:
-                    p.grad = None
-                out = twin.forward(tensors)
-                loss = sum(w * out[top] for top, w in loss_tops)
-                loss.backward()
-                return loss
+            twin, run = train_step(self.torch, cpu_net, net_param, inputs, self.device)
             check = check_train(name, self.sizes, net, on_gpu, twin, run)
             row.add("torch", self.time(run, self.torch_clock), check)
             row.note("checked with dropout off: the loss, and every parameter gradient norm-wise")
@@ -350,15 +337,10 @@ class GpuBench:
                 with torch.inference_mode():
                     twin.forward({"data": model.data, "rois": model.rois})
 
-            def twin_train(twin):
-                out = twin.forward(inputs)
-                loss = sum(out[lp.top[0]] for lp in net_param.layer
-                           if lp.type in ("SoftmaxWithLoss", "SmoothL1Loss"))
-                loss.backward()
             impls["torch"] = self._torch_peak
             torch_phases = {"detect": (lambda: TorchTwin(torch, model.net, device=self.device), twin_detect),
-                            "train": (lambda: TorchTwin(torch, train_cpu, train=True, device=self.device),
-                                      twin_train)}
+                            "train": (lambda: train_step(torch, train_cpu, net_param, inputs, self.device)[1],
+                                      lambda run: run())}
         for impl, measure in impls.items():
             row["peak_mib"][impl], row["device_used_mib"][impl] = {}, {}
             for phase, (build, run) in (phases if impl == "fastrcnn" else torch_phases).items():

@@ -160,6 +160,27 @@ class TorchTwin:
         raise NotImplementedError(f"layer '{layer.name}': type {kind} has no PyTorch twin here")
 
 
+def train_step(torch, net, net_param, inputs, device=None):
+    """The twin of a train net, and one training step of it: (twin, run). run() clears the gradients, runs
+    forward, sums the loss tops times their loss_weight (Caffe's), runs backward and returns the loss."""
+    twin = TorchTwin(torch, net, train=True, device=device)
+    params = twin.parameters()
+    loss_tops = [(lp.top[0], lp.loss_weight[0] if lp.loss_weight else 1.0)
+                 for lp in net_param.layer if lp.type in ("SoftmaxWithLoss", "SmoothL1Loss")]
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+
+    def run():
+        for p in params:
+            p.grad = None
+        out = twin.forward(tensors)
+        loss = sum(w * out[top] for top, w in loss_tops)
+        loss.backward()
+        return loss
+    return twin, run
+
+
 def check_train(name, sizes, net, inputs, twin, run):
     """Loss and gradients of the twin against our train net in TEST phase (dropout off), built in the current
     mode (CPU or GPU) with ``net``'s weights. Gradients are compared norm-wise, ‖twin − ours‖ / ‖ours‖: a

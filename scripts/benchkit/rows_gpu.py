@@ -81,10 +81,10 @@ def set_torch_tf32(torch, flag):
 
 
 def cupy_clock(cupy):
-    """Seconds of one call, read from CUDA events on CuPy's current stream after a synchronisation."""
+    """Seconds of one call, read from CUDA events on CuPy's current stream after the device synchronised."""
     def clock(fn):
         stream = cupy.cuda.get_current_stream()
-        stream.synchronize()
+        cupy.cuda.Device().synchronize()
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
         start.record(stream)
         fn()

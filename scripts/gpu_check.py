@@ -201,7 +201,7 @@ def write_summary(path, summary):
     Path(path).write_text(json.dumps(summary, indent=1))
 
 
-def run_all(stage_list, out, env=None):
+def run_all(stage_list, out, env=None, notes=()):
     """Run the stages in order, rewriting out/gpu_check.json after each; the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,8 @@ def run_all(stage_list, out, env=None):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
     summary = {"host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "limit_s": sum(s.limit_s for s in stage_list), "stages": [], "passed": False, "seconds": 0.0}
+               "limit_s": sum(s.limit_s for s in stage_list), "notes": list(notes), "stages": [], "passed": False,
+               "seconds": 0.0}
     start = time.perf_counter()
     stopped = None
     for stage in stage_list:
@@ -240,8 +241,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out or os.environ.get("OUT") or "gpu_check_out").resolve()
     wheels = Path(args.wheels).resolve() if args.wheels else None
+    notes = []
     if wheels is not None and not wheels.is_dir():
-        parser.error(f"--wheels {args.wheels}: no such folder")
+        notes.append(f"--wheels {args.wheels}: no such folder; nothing is installed from it")
+        print(f"gpu_check: {notes[-1]}", file=sys.stderr)
+        wheels = None
     work = Path(tempfile.mkdtemp(prefix="gpu_check-")) if not args.dry_run else Path("<temporary folder>")
     stage_list = stages(wheels, out, work)
     if args.dry_run:
@@ -252,7 +256,7 @@ def main(argv=None):
                 print(f"  timeout {stage.limit_s} {command_text(command)}")
         print(f"total limit: {sum(s.limit_s for s in stage_list)}s; summary: {out / 'gpu_check.json'}")
         return 0
-    summary = run_all(stage_list, out)
+    summary = run_all(stage_list, out, notes=notes)
     print(f"gpu_check: {'passed' if summary['passed'] else 'FAILED'} in {summary['seconds']:.0f}s; "
           f"wrote {out / 'gpu_check.json'}")
     return 0 if summary["passed"] else 1

@@ -14,9 +14,8 @@ from fastrcnn.rcnn.detect import im_detect
 from fastrcnn.weights import save_weights
 
 from .core import MIN_SECONDS, Row, time_runs
-from .models import (MODELS, TRAIN_MODELS, Model, Sizes, conv_flops, copy_params, detect_config, he_fill,
-                     norm_error, prototxt, random_boxes, random_image, relative_error, roi_compares, train_flops,
-                     train_net)
+from .models import (MODELS, TRAIN_MODELS, Model, Sizes, conv_flops, copy_params, detect_config, he_fill, prototxt,
+                     random_boxes, random_image, relative_error, roi_compares, train_flops, train_net)
 from .report import format_memory, format_row, print_cpu_table
 from .twins import (NetAdapter, TorchTwin, check_train, last_writer, opencv_net, opencv_prototxt, optional_cv2,
                     optional_torch, set_threads, torch_roi_pool, train_step)

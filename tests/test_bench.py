@@ -90,7 +90,7 @@ def test_gpu_without_cupy_exits_2():
 def test_short_rows_repeat_until_they_fill_the_minimum_time():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import bench
+        from benchkit.core import time_runs
     finally:
         sys.path.pop(0)
     calls = []
@@ -98,6 +98,6 @@ def test_short_rows_repeat_until_they_fill_the_minimum_time():
     def sleep():
         calls.append(None)
         time.sleep(0.01)
-    assert len(bench.time_runs(sleep, 3)) == 3 and len(calls) == 4  # the warm-up call, then --runs
-    assert len(bench.time_runs(sleep, 2, min_seconds=0.1)) >= 9  # ~10 calls of 10 ms fill 0.1 s
-    assert len(bench.time_runs(sleep, 2, min_seconds=0.01)) == 2  # --runs calls fill it already
+    assert len(time_runs(sleep, 3)) == 3 and len(calls) == 4  # the warm-up call, then --runs
+    assert len(time_runs(sleep, 2, min_seconds=0.1)) >= 9  # ~10 calls of 10 ms fill 0.1 s
+    assert len(time_runs(sleep, 2, min_seconds=0.01)) == 2  # --runs calls fill it already

@@ -4,6 +4,7 @@ The tools' modules import nothing that loads NumPy at module level, so that ``ru
 (``fastrcnn.cpu.tune_cpu``: OpenBLAS's kernel is chosen before NumPy loads) before the work begins.
 """
 import sys
+import time
 
 from ..cpu import tune_cpu
 from ..errors import Error
@@ -43,6 +44,7 @@ def _fail(communicator, message, code):
         print(message, file=sys.stderr)
         sys.exit(code)
     print(f"rank {communicator.rank}: {message}", file=sys.stderr, flush=True)
+    time.sleep(1)  # an abort kills the launcher's output forwarding too: let it pass the message on first
     communicator.abort(code)
 
 

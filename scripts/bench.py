@@ -49,6 +49,7 @@ would make, for the chosen device, and imports neither CuPy nor PyTorch.
     python scripts/bench.py --quick               # tiny sizes, 1 run (CI)
     python scripts/bench.py --device gpu --json gpu.json
     python scripts/bench.py --device gpu --dry-run
+    python scripts/bench.py --device mpi          # allreduce S, M, L and toy training, 1 against 2 ranks
 """
 import argparse
 import os
@@ -58,9 +59,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("toy", "S", "M", "L")
 #: The rows modules of each device (benchkit/__init__.py describes their interface), run in this order.
-ROW_MODULES = {"cpu": ["benchkit.rows_cpu"], "gpu": ["benchkit.rows_gpu"]}
+ROW_MODULES = {"cpu": ["benchkit.rows_cpu"], "gpu": ["benchkit.rows_gpu"], "mpi": ["benchkit.rows_mpi"]}
 #: The models of a run without --models (and with --quick).
-DEFAULT_MODELS = {"cpu": ("toy,S,M,L", "toy,S"), "gpu": ("S,M,L", "S")}
+DEFAULT_MODELS = {"cpu": ("toy,S,M,L", "toy,S"), "gpu": ("S,M,L", "S"), "mpi": ("S,M,L", "S,M")}
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 #: OpenBLAS kernels that use AVX2 at most: a pin to one of them (OPENBLAS_CORETYPE) stands for an AVX2 machine.
 AVX2_OPENBLAS_CORES = ("haswell", "zen", "skylake", "sandybridge", "excavator")
@@ -77,7 +78,11 @@ def openblas_pinned_to_avx2():
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "gpu", "mpi"), default="cpu",
+                        help="cpu (default), gpu (CuPy and a CUDA GPU), or mpi: the data-parallel rows of "
+                             "scripts/mpi_bench.py (allreduce of each model's gradients on --ranks ranks, "
+                             "the toy's training iteration on 1 and on --ranks ranks)")
+    parser.add_argument("--ranks", type=int, default=2, help="ranks of --device mpi's rows (default 2)")
     parser.add_argument("--models", default=None,
                         help="comma-separated subset of toy,S,M,L (default: all on the CPU, S,M,L on the GPU; "
                              "toy,S and S with --quick)")
@@ -105,6 +110,8 @@ def parse_args(argv):
     args.runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if args.runs < 1 or args.threads < 1:
         parser.error("--runs and --threads must be at least 1")
+    if args.ranks < 2:
+        parser.error("--ranks must be at least 2")
     return args
 
 

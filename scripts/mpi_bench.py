@@ -17,6 +17,7 @@ Rows (each the median of the timed repeats after a warm-up):
     python scripts/mpi_bench.py --ranks 2 --json out.json     # S, M, L allreduce, toy training
     python scripts/mpi_bench.py --quick                       # S and M, fewer repeats
     python scripts/mpi_bench.py --predict                     # the model of docs/scaling.md
+    python scripts/bench.py --device mpi                      # the same rows in bench.py's report
 
 ``--predict`` prints the modelled speed-up of S, M and L on 2, 8 and 64 GPUs (``predict``): compute from each
 train net's multiply-adds at 600×1000 (2 images, 128 RoIs) at an assumed sustained rate, ring allreduce at
@@ -192,11 +193,12 @@ def _train_worker(folder, iters, warmup):
     return c.rank, {"seconds": statistics.median(c.bcast_object(times)), "ranks": c.size}
 
 
-def rows(quick=False, ranks=2):
-    """The benchmark's rows as dicts (see the module docstring)."""
+def rows(quick=False, ranks=2, models=None):
+    """The benchmark's rows as dicts (see the module docstring): the allreduce of each of MODELS (default S, M,
+    L; S, M with ``quick``), then the toy's training iteration on 1 and on RANKS ranks."""
     out = []
     repeats = 3 if quick else 10
-    for model in ("S", "M") if quick else ("S", "M", "L"):
+    for model in models or (("S", "M") if quick else ("S", "M", "L")):
         floats = gradient_floats(model)
         measured = _launch(ranks, ["allreduce", str(floats), str(repeats)])
         size = 4 * floats
@@ -228,7 +230,7 @@ def _prediction_table():
     return "\n".join(lines)
 
 
-def _table(rows_):
+def table(rows_):
     columns = ["row", "model", "ranks", "MB", "images", "seconds", "GB/s", "bus GB/s", "ratio", "speed-up"]
     lines = ["  ".join(f"{c:>9}" for c in columns)]
     for row in rows_:
@@ -264,7 +266,7 @@ def main(argv=None):
     if args.ranks < 2:
         parser.error("--ranks must be at least 2")
     result = rows(args.quick, args.ranks)
-    print(_table(result))
+    print(table(result))
     if args.json:
         Path(args.json).write_text(json.dumps({"ranks": args.ranks, "cpus": os.cpu_count(), "rows": result},
                                               indent=1))

@@ -101,3 +101,19 @@ def test_short_rows_repeat_until_they_fill_the_minimum_time():
     assert len(time_runs(sleep, 3)) == 3 and len(calls) == 4  # the warm-up call, then --runs
     assert len(time_runs(sleep, 2, min_seconds=0.1)) >= 9  # ~10 calls of 10 ms fill 0.1 s
     assert len(time_runs(sleep, 2, min_seconds=0.01)) == 2  # --runs calls fill it already
+
+
+def test_mpi_rows_run_under_mpiexec_and_report_the_scaling(tmp_path):
+    """--device mpi: the allreduce of S's gradients on 2 ranks (its size: S's trained parameters) and the toy's
+    iteration on 1 and 2 ranks, with the ratio of their times."""
+    path = tmp_path / "mpi.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "mpi", "--quick",
+                           "--models", "S", "--json", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["row"], r["model"], r["ranks"]) for r in rows] == [("allreduce", "S", 2), ("train", "toy", 1),
+                                                                  ("train", "toy", 2)]
+    assert 200 < rows[0]["MB"] < 250 and all(math.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows)
+    assert rows[2]["ratio"] == pytest.approx(rows[2]["seconds"] / rows[1]["seconds"])
+    assert "allreduce" in done.stdout and "speed-up" in done.stdout

@@ -59,10 +59,11 @@ ROLES = {FPROP: ("x", "w", "y"), DGRAD: ("dy", "w", "dx"), WGRAD: ("x", "dy", "d
 
 
 class Plan:
-    """A built graph of one operation: ``graph``, its tensors by role (ROLES) and its workspace in bytes."""
+    """A built graph of one operation: its PlanKey, ``graph``, its tensors by role (ROLES) and its workspace
+    in bytes."""
 
-    def __init__(self, graph, tensors, workspace):
-        self.graph, self.tensors, self.workspace = graph, tensors, workspace
+    def __init__(self, key, graph, tensors, workspace):
+        self.key, self.graph, self.tensors, self.workspace = key, graph, tensors, workspace
 
 
 def build_plan(frontend, key, handle):
@@ -103,7 +104,7 @@ def build_plan(frontend, key, handle):
         workspace = int(graph.get_workspace_size())
     except Exception as exc:  # noqa: BLE001  (the frontend raises RuntimeError, ValueError or its own types)
         raise PlanUnavailable(f"{type(exc).__name__}: {exc}") from exc
-    return Plan(graph, tensors, workspace)
+    return Plan(key, graph, tensors, workspace)
 
 
 class PlanCache:
@@ -187,9 +188,8 @@ def handle_for(device):
 _caches = {}
 
 
-def plan_for(key):
-    """The process-wide cached plan of ``key`` (PlanUnavailable if none builds)."""
-    frontend = import_frontend()
+def plan_for(frontend, key):
+    """The process-wide cached plan of ``key`` built with ``frontend`` (PlanUnavailable if none builds)."""
     cache = _caches.get(id(frontend))
     if cache is None:
         cache = _caches[id(frontend)] = PlanCache(frontend, handle_for)
@@ -205,10 +205,11 @@ def plan_key(op, layer, bottom_shape, dtype):
                    cupy.cuda.Device().id)
 
 
-def execute(plan, key, *arrays):
-    """Run ``plan`` once per group on the whole layer's CuPy arrays, given in the order of ROLES[key.op] (the
+def execute(plan, *arrays):
+    """Run ``plan`` once per group on the whole layer's CuPy arrays, given in the order of ROLES[op] (the
     last, the output, is overwritten); each group's slices are made dense where they are not."""
     import cupy  # noqa: PLC0415
+    key = plan.key
     frontend = import_frontend()
     handle = handle_for(key.device)
     frontend.set_stream(handle=handle, stream=cupy.cuda.get_current_stream().ptr)
@@ -216,7 +217,8 @@ def execute(plan, key, *arrays):
     *in_roles, out_role = ROLES[key.op]
     *inputs, out = arrays
     for g in range(key.group):
-        pack = {role: cupy.ascontiguousarray(_group_part(role, a, g, key.group)) for role, a in zip(in_roles, inputs)}
+        pack = {role: cupy.ascontiguousarray(_group_part(role, a, g, key.group))
+                for role, a in zip(in_roles, inputs)}
         target = _group_part(out_role, out, g, key.group)
         result = target if target.flags.c_contiguous else cupy.empty(target.shape, target.dtype)
         pack[out_role] = result

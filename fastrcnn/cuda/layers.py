@@ -28,11 +28,12 @@ class ConvolutionGPU:
     def _plan(self, op, x):
         """The cuDNN plan of pass ``op`` on bottom ``x``, or None for the CAFFE engine (the reason logged)."""
         layer = self.layer
-        key = cudnn.plan_key(op, layer, x.shape, x.dtype)
-        plan, reason = cudnn.choose_engine(self.engine, cudnn.import_frontend, lambda fe: cudnn.plan_for(key))
+        plan, reason = cudnn.choose_engine(
+            self.engine, cudnn.import_frontend,
+            lambda frontend: cudnn.plan_for(frontend, cudnn.plan_key(op, layer, x.shape, x.dtype)))
         if reason:
             cudnn.log_fallback(layer.name, reason)
-        return (plan, key) if plan is not None else None
+        return plan
 
     def _geometry(self):
         layer = self.layer
@@ -45,9 +46,9 @@ class ConvolutionGPU:
     def forward(self, bottom, top):
         layer = self.layer
         x, y = bottom[0].data, top[0].data
-        run = self._plan(cudnn.FPROP, x)
-        if run:
-            cudnn.execute(run[0], run[1], x, layer.blobs[0].data, y)
+        plan = self._plan(cudnn.FPROP, x)
+        if plan:
+            cudnn.execute(plan, x, layer.blobs[0].data, y)
         else:
             kernel, pad, stride, dilation = self._geometry()
             weights = self._weights()
@@ -69,10 +70,10 @@ class ConvolutionGPU:
         if wgrad:
             dw = layer.blobs[0].diff
             gradient = backend.get_array_module(dw).empty_like(dw)
-            cudnn.execute(wgrad[0], wgrad[1], x, dy, gradient)
+            cudnn.execute(wgrad, x, dy, gradient)
             dw += gradient
         if dgrad:
-            cudnn.execute(dgrad[0], dgrad[1], dy, layer.blobs[0].data, bottom[0].diff)
+            cudnn.execute(dgrad, dy, layer.blobs[0].data, bottom[0].diff)
         if (need_weight and not wgrad) or (need_bottom and not dgrad):
             self._caffe_backward(x, dy, bottom[0].diff, need_weight and not wgrad, need_bottom and not dgrad)
 

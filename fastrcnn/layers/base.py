@@ -74,7 +74,7 @@ class Layer:
         from ..blob import Blob
         from ..fillers import fill
         blob = Blob(shape, dtype)
-        blob.data[...] = fill(filler, shape, dtype, f"layer '{self.name}' {field}")
+        backend.upload(blob.data, fill(filler, shape, dtype, f"layer '{self.name}' {field}"))
         return blob
 
     def gpu_variant(self, blob):

@@ -67,7 +67,9 @@ def _apply_tf32():
     cupy = _state["cupy"]
     from cupy._core import _routines_linalg  # noqa: PLC0415  (CuPy's compute-type switch)
     on = _state["tf32"]
-    _routines_linalg.set_compute_type(numpy.float32, _COMPUTE_TYPE_TF32 if on else _COMPUTE_TYPE_DEFAULT)
+    set_compute_type = getattr(_routines_linalg, "set_compute_type", None)  # internal: absent, CUPY_TF32 rules
+    if set_compute_type is not None:
+        set_compute_type(numpy.float32, _COMPUTE_TYPE_TF32 if on else _COMPUTE_TYPE_DEFAULT)
     cublas = cupy.cuda.cublas
     cublas.setMathMode(cupy.cuda.device.get_cublas_handle(),
                        cublas.CUBLAS_TF32_TENSOR_OP_MATH if on else cublas.CUBLAS_DEFAULT_MATH)

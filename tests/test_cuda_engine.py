@@ -292,7 +292,8 @@ def test_caffe_engine_variant_matches_torch(numpy_kernels, monkeypatch, caplog, 
     monkeypatch.setattr(cudnn, "_logged", set())
     rng = numpy.random.default_rng(1)
     x = rng.normal(size=(2, 4, 7, 6))
-    text = CONV % f'dilation: 2 engine: {engine} bias_filler {{ type: "gaussian" }} weight_filler {{ type: "gaussian" }}'
+    fillers = 'bias_filler { type: "gaussian" } weight_filler { type: "gaussian" }'
+    text = CONV % f"dilation: 2 engine: {engine} {fillers}"
     layer, bottom, top = make_layer(text, [x])  # the CPU forward
     cpu_top = top[0].data.copy()
     monkeypatch.setattr(backend, "on_gpu", lambda array: True)
@@ -366,7 +367,8 @@ def test_cpu_forward_backward_imports_no_gpu_code():
         layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
           convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 } } }
         layer { name: "norm" type: "LRN" bottom: "conv" top: "norm" lrn_param { local_size: 3 } }
-        layer { name: "pool" type: "Pooling" bottom: "norm" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+        layer { name: "pool" type: "Pooling" bottom: "norm" top: "pool"
+          pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
         layer { name: "roi" type: "ROIPooling" bottom: "pool" bottom: "rois" top: "roi"
           roi_pooling_param { pooled_h: 2 pooled_w: 2 spatial_scale: 0.5 } }
         layer { name: "fc" type: "InnerProduct" bottom: "roi" top: "fc" inner_product_param { num_output: 3 } }

@@ -118,9 +118,14 @@ class PlanCache:
         """The plan of ``key``; PlanUnavailable if it does not build."""
         if key not in self.plans:
             try:
-                self.plans[key] = build_plan(self.frontend, key, self.handle_for(key.device))
-            except PlanUnavailable as exc:
-                self.plans[key] = exc
+                handle = self.handle_for(key.device)
+            except Exception as exc:  # noqa: BLE001  (cuDNN reports a missing or mismatched library so)
+                self.plans[key] = PlanUnavailable(f"no cuDNN handle: {type(exc).__name__}: {exc}")
+            else:
+                try:
+                    self.plans[key] = build_plan(self.frontend, key, handle)
+                except PlanUnavailable as exc:
+                    self.plans[key] = exc
         plan = self.plans[key]
         if isinstance(plan, PlanUnavailable):
             raise plan
@@ -165,8 +170,8 @@ def import_frontend():
         try:
             import cudnn  # noqa: PLC0415  (optional: the [cuda12] / [cuda13] extras install it)
             _frontend["module"] = cudnn
-        except ImportError as exc:
-            _frontend["module"] = exc
+        except (ImportError, OSError, RuntimeError) as exc:  # a missing libcudnn fails as OSError
+            _frontend["module"] = exc if isinstance(exc, ImportError) else ImportError(f"{type(exc).__name__}: {exc}")
     module = _frontend["module"]
     if isinstance(module, ImportError):
         raise module

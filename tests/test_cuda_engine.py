@@ -66,24 +66,19 @@ def test_fallback_is_logged_once_per_layer_and_reason(caplog):
 
 # -- the plan cache, with a stand-in frontend ------------------------------------------------------------
 class FakeTensor:
+    """A graph tensor: its attributes, set by name (``set_dim(...)``) and chained as the frontend's."""
+
     def __init__(self, **attrs):
         self.attrs = attrs
 
-    def set_output(self, flag):
-        self.attrs["output"] = flag
-        return self
+    def __getattr__(self, name):
+        if not name.startswith("set_"):
+            raise AttributeError(name)
 
-    def set_dim(self, dim):
-        self.attrs["dim"] = dim
-        return self
-
-    def set_stride(self, stride):
-        self.attrs["stride"] = stride
-        return self
-
-    def set_data_type(self, data_type):
-        self.attrs["data_type"] = data_type
-        return self
+        def setter(value):
+            self.attrs[name[4:]] = value
+            return self
+        return setter
 
 
 def fake_frontend(fail_support=False):

@@ -170,8 +170,10 @@ def import_frontend():
         try:
             import cudnn  # noqa: PLC0415  (optional: the [cuda12] / [cuda13] extras install it)
             _frontend["module"] = cudnn
-        except (ImportError, OSError, RuntimeError) as exc:  # a missing libcudnn fails as OSError
-            _frontend["module"] = exc if isinstance(exc, ImportError) else ImportError(f"{type(exc).__name__}: {exc}")
+        except ImportError as exc:
+            _frontend["module"] = exc
+        except (OSError, RuntimeError) as exc:  # the module is there but libcudnn does not load
+            _frontend["module"] = ImportError(f"{type(exc).__name__}: {exc}")
     module = _frontend["module"]
     if isinstance(module, ImportError):
         raise module

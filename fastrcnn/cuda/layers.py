@@ -49,7 +49,7 @@ class ConvolutionGPU:
         layer = self.layer
         x, y = bottom[0].data, top[0].data
         plan = self._plan(cudnn.FPROP, x)
-        if plan:
+        if plan is not None:
             cudnn.execute(plan, x, layer.blobs[0].data, y)
         else:
             kernel, pad, stride, dilation = self._geometry()
@@ -69,15 +69,16 @@ class ConvolutionGPU:
         need_weight, need_bottom = layer.param_propagate_down[0], propagate_down[0]
         wgrad = self._plan(cudnn.WGRAD, x) if need_weight else None
         dgrad = self._plan(cudnn.DGRAD, x) if need_bottom else None
-        if wgrad:
+        if wgrad is not None:
             dw = layer.blobs[0].diff
             gradient = backend.get_array_module(dw).empty_like(dw)
             cudnn.execute(wgrad, x, dy, gradient)
             dw += gradient
-        if dgrad:
+        if dgrad is not None:
             cudnn.execute(dgrad, dy, layer.blobs[0].data, bottom[0].diff)
-        if (need_weight and not wgrad) or (need_bottom and not dgrad):
-            self._caffe_backward(x, dy, bottom[0].diff, need_weight and not wgrad, need_bottom and not dgrad)
+        caffe_weight, caffe_bottom = need_weight and wgrad is None, need_bottom and dgrad is None
+        if caffe_weight or caffe_bottom:
+            self._caffe_backward(x, dy, bottom[0].diff, caffe_weight, caffe_bottom)
 
     def _caffe_backward(self, x, dy, dx, need_weight, need_bottom):
         """Caffe's backward: per image, dW += dy·colsᵀ and dx = col2im(Wᵀ·dy)."""

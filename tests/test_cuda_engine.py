@@ -1,8 +1,10 @@
 """The GPU engine's ordinary Python, on the CPU: Caffe's engine rule, the cuDNN plan cache (with a stand-in for
 the frontend module), the fallback logged once, the TF32 switch and ``--tf32``, the layer hook, the
-CAFFE-engine convolution variant (against torch, with NumPy stand-ins for the kernels), snapshots taken
-through ``to_cpu``, and a CPU run that never imports CuPy."""
+convolution variant on both engines against torch (NumPy stand-ins for the kernels, CuPy and a frontend that
+convolves with torch), the pinned staging of host-to-device copies, snapshots taken through ``to_cpu``, and a
+CPU run that never imports CuPy."""
 import argparse
+import importlib
 import json
 import logging
 import subprocess
@@ -378,3 +380,115 @@ def test_cpu_forward_backward_imports_no_gpu_code():
     """)
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# -- the cuDNN variant's wiring, with stand-ins for CuPy and a frontend that convolves with torch ---------------
+def convolving_frontend():
+    """A frontend module whose graphs run their one convolution with torch.nn.grad on NumPy arrays."""
+    module, graphs = fake_frontend()
+    plain = module.pygraph
+
+    def run(graph, pack, workspace, handle=None):
+        by_name = {t.attrs.get("name", "out"): a for t, a in pack.items()}
+        op, conv = graph.calls[0]
+        geometry = dict(stride=conv["stride"], padding=conv["padding"], dilation=conv["dilation"])
+        out = by_name["out"]
+        if op == "fprop":
+            result = torch.nn.functional.conv2d(torch.tensor(by_name["x"]), torch.tensor(by_name["w"]), **geometry)
+        elif op == "dgrad":
+            result = torch.nn.grad.conv2d_input(out.shape, torch.tensor(by_name["w"]), torch.tensor(by_name["dy"]),
+                                                **geometry)
+        else:
+            result = torch.nn.grad.conv2d_weight(torch.tensor(by_name["x"]), out.shape, torch.tensor(by_name["dy"]),
+                                                 **geometry)
+        assert out.flags.c_contiguous and all(a.flags.c_contiguous for a in pack.values())
+        out[...] = result.numpy()
+        graph.executed += 1
+
+    class Graph(plain):
+        executed = 0
+        execute = run
+
+    module.pygraph = Graph
+    module.set_stream = lambda handle, stream: None
+    return module, graphs
+
+
+def fake_cupy():
+    module = types.ModuleType("cupy")
+    module.ascontiguousarray, module.empty, module.uint8 = numpy.ascontiguousarray, numpy.empty, numpy.uint8
+    module.cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+                                        Device=lambda *args: types.SimpleNamespace(id=0))
+    return module
+
+
+def test_cudnn_variant_runs_each_group_and_accumulates(monkeypatch):
+    frontend, graphs = convolving_frontend()
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    monkeypatch.setattr(cudnn, "import_frontend", lambda: frontend)
+    monkeypatch.setattr(cudnn, "handle_for", lambda device: "handle")
+    monkeypatch.setattr(cudnn, "_caches", {})
+    rng = numpy.random.default_rng(2)
+    x = rng.normal(size=(2, 4, 9, 8))
+    fillers = 'bias_filler { type: "gaussian" } weight_filler { type: "gaussian" }'
+    layer, bottom, top = make_layer(CONV % f"dilation: 2 engine: CUDNN {fillers}", [x])
+    monkeypatch.setattr(backend, "on_gpu", lambda array: True)
+    layer.forward(bottom, top)
+    layer.forward(bottom, top)
+    dy = rng.normal(size=top[0].shape)
+    top[0].diff[...] = dy
+    layer.blobs[0].diff[...] = 1.0
+    layer.blobs[1].diff[...] = 2.0
+    layer.backward(top, [True], bottom)
+    assert [g.calls[0][0] for g in graphs] == ["fprop", "wgrad", "dgrad"]  # one plan per pass, built once
+    assert [g.executed for g in graphs] == [4, 2, 2]  # each run once per group
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(layer.blobs[0].data, requires_grad=True)
+    tb = torch.tensor(layer.blobs[1].data, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=2, padding=1, dilation=2, groups=2)
+    ty.backward(torch.tensor(dy))
+    numpy.testing.assert_allclose(top[0].data, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(bottom[0].diff, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(layer.blobs[0].diff, 1.0 + tw.grad.numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(layer.blobs[1].diff, 2.0 + tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# -- pinned host-to-device copies, with stand-ins for CuPy's pinned memory, streams and events --------------------
+class StagedArray(numpy.ndarray):
+    """Stands for a GPU array: ``set`` copies a host array in and records the copy."""
+    copies = []
+
+    def set(self, array, stream=None):
+        StagedArray.copies.append((array, stream))
+        self[...] = array
+
+
+def test_upload_stages_in_pinned_memory_until_the_copy_completes(monkeypatch):
+    events = []
+
+    class Stream:
+        def record(self):
+            events.append(types.SimpleNamespace(done=False))
+            return events[-1]
+
+    stream, pinned = Stream(), []
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(alloc_pinned_memory=lambda n: pinned.append(bytearray(n)) or pinned[-1],
+                                      get_current_stream=lambda: stream)
+    cupy.empty = lambda shape, dtype: numpy.empty(shape, dtype).view(StagedArray)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    transfer = importlib.import_module("fastrcnn.cuda.transfer")
+    monkeypatch.setattr(transfer, "cupy", cupy)
+    monkeypatch.setattr(transfer, "_in_flight", [])
+    monkeypatch.setattr(StagedArray, "copies", [])
+    dst = numpy.zeros((2, 3), numpy.float32).view(StagedArray)
+    transfer.upload(dst, [[1, 2, 3], [4, 5, 6]])
+    numpy.testing.assert_array_equal(dst, [[1, 2, 3], [4, 5, 6]])
+    staged, used = StagedArray.copies[0]
+    assert used is stream and staged.dtype == numpy.float32 and numpy.shares_memory(staged, pinned[0])
+    assert len(transfer._in_flight) == 1  # kept: the copy may still be running
+    events[0].done = True
+    strided = numpy.zeros((4, 3), numpy.float32).view(StagedArray)[::2]
+    transfer.upload(strided, numpy.full((2, 3), 7.0))
+    numpy.testing.assert_array_equal(strided, numpy.full((2, 3), 7.0))
+    assert [entry[0] for entry in transfer._in_flight] == [pinned[1]]  # the first buffer handed back

@@ -282,6 +282,25 @@ def numpy_kernels(monkeypatch):
     return module
 
 
+def backward_matches_torch(layer, bottom, top, rng):
+    """Backward of a CONV layer (stride 2, pad 1, dilation 2, group 2) from param diffs of 1 and 2 against
+    torch's autograd: the bottom gradient overwritten, the parameter gradients accumulated; the top too."""
+    dy = rng.normal(size=top[0].shape)
+    top[0].diff[...] = dy
+    layer.blobs[0].diff[...] = 1.0
+    layer.blobs[1].diff[...] = 2.0
+    layer.backward(top, [True], bottom)
+    tx = torch.tensor(bottom[0].data, requires_grad=True)
+    tw = torch.tensor(layer.blobs[0].data, requires_grad=True)
+    tb = torch.tensor(layer.blobs[1].data, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=2, padding=1, dilation=2, groups=2)
+    ty.backward(torch.tensor(dy))
+    numpy.testing.assert_allclose(top[0].data, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(bottom[0].diff, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(layer.blobs[0].diff, 1.0 + tw.grad.numpy(), rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(layer.blobs[1].diff, 2.0 + tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("engine", ["CAFFE", "DEFAULT"])
 def test_caffe_engine_variant_matches_torch(numpy_kernels, monkeypatch, caplog, engine):
     caplog.set_level(logging.WARNING, logger="fastrcnn.cuda.cudnn")
@@ -298,20 +317,7 @@ def test_caffe_engine_variant_matches_torch(numpy_kernels, monkeypatch, caplog, 
         layer.forward(bottom, top)
     numpy.testing.assert_allclose(top[0].data, cpu_top, rtol=1e-12, atol=1e-12)
 
-    dy = rng.normal(size=top[0].shape)
-    top[0].diff[...] = dy
-    layer.blobs[0].diff[...] = 1.0  # parameter gradients accumulate
-    layer.blobs[1].diff[...] = 2.0
-    layer.backward(top, [True], bottom)
-    tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(layer.blobs[0].data, requires_grad=True)
-    tb = torch.tensor(layer.blobs[1].data, requires_grad=True)
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=2, padding=1, dilation=2, groups=2)
-    ty.backward(torch.tensor(dy))
-    numpy.testing.assert_allclose(top[0].data, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(bottom[0].diff, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(layer.blobs[0].diff, 1.0 + tw.grad.numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(layer.blobs[1].diff, 2.0 + tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+    backward_matches_torch(layer, bottom, top, rng)
     fallbacks = [r.getMessage() for r in caplog.records]
     assert len(fallbacks) == (0 if engine == "CAFFE" else 1)
     assert all("under_test" in m and "does not import" in m for m in fallbacks)
@@ -435,22 +441,9 @@ def test_cudnn_variant_runs_each_group_and_accumulates(monkeypatch):
     monkeypatch.setattr(backend, "on_gpu", lambda array: True)
     layer.forward(bottom, top)
     layer.forward(bottom, top)
-    dy = rng.normal(size=top[0].shape)
-    top[0].diff[...] = dy
-    layer.blobs[0].diff[...] = 1.0
-    layer.blobs[1].diff[...] = 2.0
-    layer.backward(top, [True], bottom)
+    backward_matches_torch(layer, bottom, top, rng)
     assert [g.calls[0][0] for g in graphs] == ["fprop", "wgrad", "dgrad"]  # one plan per pass, built once
     assert [g.executed for g in graphs] == [4, 2, 2]  # each run once per group
-    tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(layer.blobs[0].data, requires_grad=True)
-    tb = torch.tensor(layer.blobs[1].data, requires_grad=True)
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=2, padding=1, dilation=2, groups=2)
-    ty.backward(torch.tensor(dy))
-    numpy.testing.assert_allclose(top[0].data, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(bottom[0].diff, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(layer.blobs[0].diff, 1.0 + tw.grad.numpy(), rtol=1e-10, atol=1e-12)
-    numpy.testing.assert_allclose(layer.blobs[1].diff, 2.0 + tb.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
 # -- pinned host-to-device copies, with stand-ins for CuPy's pinned memory, streams and events --------------------

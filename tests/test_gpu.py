@@ -274,8 +274,7 @@ def test_roi_pooling_matches_torchvision(gpu):
     original's kernel), forces sizes to at least 1, and takes the first maximum on ties with strict >, so its
     values and argmaxes equal the original's exactly, .5 corners included; its backward scatters the same
     gradients (float32 atomics: the order of the adds differs)."""
-    torchvision = pytest.importorskip("torchvision")
-    del torchvision
+    pytest.importorskip("torchvision")  # registers torch.ops.torchvision
     from fastrcnn.cuda import kernels
     rng = numpy.random.default_rng(5)
     features = rng.integers(-4, 5, (2, 3, 12, 10)).astype(numpy.float32)  # many ties

@@ -294,7 +294,10 @@ def test_roi_pooling_matches_torchvision(gpu):
 @pytest.mark.parametrize("geometry", ["num_output: 6 kernel_size: 3 pad: 1",
                                       "num_output: 8 kernel_size: 5 stride: 2 pad: 2 group: 2",
                                       "num_output: 4 kernel_size: 3 dilation: 2 group: 2"])
-def test_cudnn_and_caffe_engines_match_torch(gpu, geometry):
+def test_cudnn_and_caffe_engines_match_torch(gpu, geometry, caplog, monkeypatch):
+    """float32 on both engines against torch in float64; cuDNN must have a float32 plan (no fallback logged)."""
+    monkeypatch.setattr(cudnn, "_logged", set())
+    caplog.set_level("WARNING", logger="fastrcnn.cuda.cudnn")
     rng = numpy.random.default_rng(6)
     x = rng.standard_normal((2, 4, 11, 9)).astype(numpy.float32)
     results = {}
@@ -309,6 +312,7 @@ def test_cudnn_and_caffe_engines_match_torch(gpu, geometry):
                                    dilation=p.dilation[0] if p.dilation else 1, groups=p.group)
     dy = numpy.random.default_rng(7).standard_normal(tuple(y.shape))  # run_layer's top diff
     y.backward(torch.tensor(dy))
+    assert "running the CAFFE engine" not in caplog.text
     for engine, out in results.items():
         assert relative_error(out["tops"][0], y.detach().numpy()) < 2e-5, engine
         assert relative_error(out["bottom_diffs"][0], tx.grad.numpy()) < 2e-5, engine

@@ -485,3 +485,43 @@ def test_upload_stages_in_pinned_memory_until_the_copy_completes(monkeypatch):
     transfer.upload(strided, numpy.full((2, 3), 7.0))
     numpy.testing.assert_array_equal(strided, numpy.full((2, 3), 7.0))
     assert [entry[0] for entry in transfer._in_flight] == [pinned[1]]  # the first buffer handed back
+
+
+# -- the GPU variants through the kernels' host build, against the CPU layers ---------------------------------
+@pytest.fixture
+def host_kernels(monkeypatch):
+    """NumPy arrays routed to the GPU variants, whose kernels then run their g++ build; cuDNN absent."""
+    try:
+        importlib.import_module("fastrcnn.cuda.kernels")
+    except ImportError as exc:
+        pytest.skip(f"needs fastrcnn.cuda.kernels, the CUDA kernels whose host build runs the variants: {exc}")
+
+    def upload(dst, src):
+        dst[...] = src
+    monkeypatch.setattr(cudnn, "import_frontend", _no_import)
+    monkeypatch.setattr(backend, "upload", upload)
+    return lambda routed: monkeypatch.setattr(
+        backend, "on_gpu", (lambda array: isinstance(array, numpy.ndarray)) if routed else (lambda array: False))
+
+
+def _variant_cases():
+    from test_gpu import CASES
+    return [c for c in CASES if gpu_layers.VARIANTS.get(c[1].split('"')[1])]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("case", _variant_cases(), ids=lambda c: c[0])
+def test_gpu_variants_match_the_cpu_layers(host_kernels, case, dtype):
+    """Tolerances as on the GPU (tests/test_gpu.py) in float32; 1e-12 in float64."""
+    from test_gpu import relative_error, run_layer
+    name, text, bottoms, propagate, forward_tol, backward_tol = case
+    host_kernels(False)
+    cpu = run_layer(text, bottoms, "cpu", dtype=dtype, propagate=propagate)
+    host_kernels(True)
+    routed = run_layer(text, bottoms, "cpu", dtype=dtype, params=cpu["params"], propagate=propagate)
+    for kind, tolerance in (("tops", forward_tol), ("bottom_diffs", backward_tol), ("param_diffs", 2e-5),
+                            ("params_after", 2e-5)):
+        for got, want in zip(routed[kind], cpu[kind]):
+            if want is not None and want.size:
+                limit = tolerance if dtype == numpy.float32 else min(tolerance, 1e-12)
+                assert relative_error(got, want) <= limit, (name, kind, relative_error(got, want))

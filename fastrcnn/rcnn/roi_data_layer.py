@@ -5,7 +5,7 @@ scaled image), ``labels`` (R) and, when the layer declares five tops, ``bbox_tar
 ``bbox_loss_weights`` (R×4K); three tops means no bbox regression. The roidb comes from the trainer through
 ``set_roidb``. Images are visited in random permutations (reshuffled when fewer than IMS_PER_BATCH remain,
 so the tail is skipped as in the original); the next minibatch is prepared in a background thread while the
-network computes, and on the GPU each top is copied to the device once, through pinned memory. Every random draw happens in order on the calling thread, so results do not depend on the
+network computes. Every random draw happens in order on the calling thread, so results do not depend on the
 thread's timing, and the state saved in a snapshot replays the exact same minibatches after a restore.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +105,7 @@ class RoIDataLayer(Layer):
         for blob, name in zip(top, TOP_NAMES):
             value = blobs[name]
             blob.reshape(value.shape)
-            backend.upload(blob.data, value)
+            backend.upload(blob.data, value)  # to a GPU through pinned memory, once per minibatch
 
     # -- snapshots (solver hooks) ------------------------------------------------------------------------
     def snapshot_state(self):

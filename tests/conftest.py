@@ -7,6 +7,7 @@ that names the remedy where those are absent, as on a user's clone. With FASTRCN
 skipped, with the reason, where CuPy is missing or no CUDA device answers.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,16 +30,16 @@ def reference_dir():
 
 
 def gpu_unavailable():
-    """Why the ``gpu`` tests cannot run here, or None where CuPy sees a CUDA device."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return f"needs a CUDA GPU and CuPy (install the [cuda12] or [cuda13] extra): {exc}"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # noqa: BLE001  (CUDA reports a missing driver in several ways)
-        return f"needs a CUDA GPU: CuPy finds no usable device ({exc})"
-    return None if count else "needs a CUDA GPU: this machine has none"
+    """Why the ``gpu`` tests cannot run here, or None where CuPy sees a CUDA device. Asked in a child process,
+    so that collecting them imports no CuPy into the tests' own (which some tests check)."""
+    probe = "import cupy; print(cupy.cuda.runtime.getDeviceCount())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if done.returncode == 0 and done.stdout.strip() not in ("", "0"):
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines() or ["no device"]
+    if "No module named 'cupy'" in lines[-1]:
+        return f"needs a CUDA GPU and CuPy (install the [cuda12] or [cuda13] extra): {lines[-1]}"
+    return f"needs a CUDA GPU: CuPy finds none usable ({lines[-1]})"
 
 
 def pytest_collection_modifyitems(config, items):

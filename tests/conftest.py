@@ -34,8 +34,8 @@ def gpu_unavailable():
     so that collecting them imports no CuPy into the tests' own (which some tests check)."""
     probe = "import cupy; print(cupy.cuda.runtime.getDeviceCount())"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    if done.returncode == 0 and done.stdout.strip() not in ("", "0"):
-        return None
+    if done.returncode == 0:
+        return None if done.stdout.strip() != "0" else "needs a CUDA GPU: this machine has none"
     lines = (done.stderr or done.stdout).strip().splitlines() or ["no device"]
     if "No module named 'cupy'" in lines[-1]:
         return f"needs a CUDA GPU and CuPy (install the [cuda12] or [cuda13] extra): {lines[-1]}"

@@ -16,7 +16,7 @@ TRAIN, TEST = "TRAIN", "TEST"
 #: The engine's public names and the modules that define them.
 _LAZY = {"Net": "net", "SGDSolver": "solver", "allow_python_layers": "layers.python_layer",
          "set_device": "backend", "set_mode_cpu": "backend", "set_mode_gpu": "backend",
-         "set_random_seed": "backend", "to_cpu": "backend"}
+         "set_random_seed": "backend", "set_tf32": "backend", "to_cpu": "backend"}
 
 __all__ = ["Error", "TRAIN", "TEST", "tune_cpu", *_LAZY]
 

@@ -8,7 +8,7 @@ import numpy
 
 from .errors import Error
 
-_state = {"gpu": False, "device": 0, "cupy": None}
+_state = {"gpu": False, "device": 0, "cupy": None, "tf32": False}
 
 
 def _import_cupy():
@@ -38,6 +38,41 @@ def set_mode_gpu():
     cupy = _import_cupy()
     cupy.cuda.Device(_state["device"]).use()
     _state["gpu"] = True
+    _apply_tf32()
+
+
+def set_tf32(flag):
+    """Let cuBLAS and cuDNN round float32 products to TF32 on tensor cores (off by default: Caffe's float32).
+
+    The choice is recorded here; once CuPy is in use it sets CuPy's float32 matmul compute type and the math
+    mode of the current device's cuBLAS handle (whatever ``CUPY_TF32`` says), and the cuDNN plans follow it
+    (``fastrcnn.cuda.cudnn`` keys them by it). On the CPU nothing is imported."""
+    _state["tf32"] = bool(flag)
+    if _state["cupy"] is not None:
+        _apply_tf32()
+
+
+def tf32():
+    """Whether TF32 is allowed in float32 products on the GPU."""
+    return _state["tf32"]
+
+
+#: CuPy's float32 matmul compute types (cupy/_core/_routines_linalg.pxd): DEFAULT (cuBLAS's own, which
+#: follows the handle's math mode) and TF32.
+_COMPUTE_TYPE_DEFAULT, _COMPUTE_TYPE_TF32 = 1, 7
+
+
+def _apply_tf32():
+    """Set CuPy's float32 matmul compute type and the current cuBLAS handle's math mode to the TF32 choice."""
+    cupy = _state["cupy"]
+    from cupy._core import _routines_linalg  # noqa: PLC0415  (CuPy's compute-type switch)
+    on = _state["tf32"]
+    set_compute_type = getattr(_routines_linalg, "set_compute_type", None)  # internal: absent, CUPY_TF32 rules
+    if set_compute_type is not None:
+        set_compute_type(numpy.float32, _COMPUTE_TYPE_TF32 if on else _COMPUTE_TYPE_DEFAULT)
+    cublas = cupy.cuda.cublas
+    cublas.setMathMode(cupy.cuda.device.get_cublas_handle(),
+                       cublas.CUBLAS_TF32_TENSOR_OP_MATH if on else cublas.CUBLAS_DEFAULT_MATH)
 
 
 def set_device(device_id):
@@ -52,6 +87,7 @@ def set_device(device_id):
         if device_id >= count:
             raise Error(f"GPU {device_id} asked for, but this machine has {count} CUDA device(s)")
         cupy.cuda.Device(device_id).use()
+        _apply_tf32()
 
 
 def gpu_mode():
@@ -79,6 +115,21 @@ def to_cpu(x):
     if cupy is not None and isinstance(x, cupy.ndarray):
         return cupy.asnumpy(x)
     return numpy.asarray(x)
+
+
+def on_gpu(x):
+    """Whether ``x`` is a CuPy array."""
+    return get_array_module(x) is not numpy
+
+
+def upload(dst, src):
+    """``dst[...] = src``; a host ``src`` goes into a GPU array through page-locked memory, copied
+    asynchronously on the current stream (``fastrcnn.cuda.transfer``)."""
+    if not on_gpu(dst) or hasattr(src, "__cuda_array_interface__"):
+        dst[...] = src
+        return
+    from .cuda import transfer  # noqa: PLC0415
+    transfer.upload(dst, src)
 
 
 def scatter_add(target, index, values):

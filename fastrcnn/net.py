@@ -11,7 +11,7 @@ import time
 import numpy
 
 from . import protoio
-from .backend import array_module
+from .backend import array_module, upload
 from .blob import Blob
 from .errors import Error
 from .layers import REGISTRY, create_layer
@@ -328,7 +328,7 @@ class Net:
                 except (TypeError, ValueError) as exc:
                     raise Error(f"net '{self.name}': input '{name}' is not an array of numbers ({exc})") from None
             self.blobs[name].reshape(value.shape)
-            self.blobs[name].data[...] = value
+            upload(self.blobs[name].data, value)
         lo, hi = self._index(start, 0), self._index(end, len(self.layers) - 1)
         with section(array_module()):
             for i in range(lo, hi + 1):

@@ -3,9 +3,11 @@
 Tests that need the original files (``scripts/fetch_reference.py`` downloads them; see
 ``model_helpers.find_reference``) or an optional oracle (protoc, a third-party caffemodel) skip with a reason
 that names the remedy where those are absent, as on a user's clone. With FASTRCNN_STRICT_TESTS=1 (set by
-.ci/run) every such skip is a failure: only tests that need a GPU may skip there.
+.ci/run) every such skip is a failure: only tests that need a GPU may skip there. Tests marked ``gpu`` are
+skipped, with the reason, where CuPy is missing or no CUDA device answers.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +27,26 @@ def reference_dir():
     if folder is None:
         pytest.skip(reason)
     return folder
+
+
+def gpu_unavailable():
+    """Why the ``gpu`` tests cannot run here, or None where CuPy sees a CUDA device. Asked in a child process,
+    so that collecting them imports no CuPy into the tests' own (which some tests check)."""
+    probe = "import cupy; print(cupy.cuda.runtime.getDeviceCount())"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if done.returncode == 0:
+        return None if done.stdout.strip() != "0" else "needs a CUDA GPU: this machine has none"
+    lines = (done.stderr or done.stdout).strip().splitlines() or ["no device"]
+    if "No module named 'cupy'" in lines[-1]:
+        return f"needs a CUDA GPU and CuPy (install the [cuda12] or [cuda13] extra): {lines[-1]}"
+    return f"needs a CUDA GPU: CuPy finds none usable ({lines[-1]})"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    reason = gpu_unavailable() if gpu_items else None
+    for item in gpu_items if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.hookimpl(hookwrapper=True)

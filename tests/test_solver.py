@@ -87,8 +87,8 @@ class BatchLayer(Layer):
         rows, cols = rng.integers(0, 10, BATCH), rng.integers(0, 4, BATCH) + 6 * labels
         for n in range(BATCH):
             images[n, 0, rows[n]:rows[n] + 3, cols[n]:cols[n] + 3] += 1.0
-        top[0].data[...] = images
-        top[1].data[...] = labels
+        backend.upload(top[0].data, images)
+        backend.upload(top[1].data, labels)
 
 
 CONVNET = """

@@ -84,8 +84,8 @@ class Dropout(_Elementwise):
             return
         xp = self.xp(bottom[0])
         keep = backend.rng().random(x.shape, dtype=x.dtype) >= self.ratio
-        self.mask = keep.astype(x.dtype) * x.dtype.type(self.scale)
-        xp.multiply(x, xp.asarray(self.mask), out=y)
+        self.mask = xp.asarray(keep.astype(x.dtype) * x.dtype.type(self.scale))
+        xp.multiply(x, self.mask, out=y)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:

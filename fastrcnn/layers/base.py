@@ -4,6 +4,9 @@ The Net calls ``setup`` once (Caffe's LayerSetUp: read parameters, create learna
 ``reshape`` before every ``forward`` (so image sizes and RoI counts may change between calls), and
 ``backward`` with one ``propagate_down`` flag per bottom. Parameter gradients are accumulated (+=) into
 ``blobs[i].diff``; bottom gradients are overwritten. A layer sees only its bottoms, tops and params.
+
+A layer whose CPU code is built for the CPU hands its passes on GPU arrays to its GPU variant
+(``fastrcnn.cuda.layers``): ``if (gpu := self.gpu_variant(bottom[0])): return gpu.forward(bottom, top)``.
 """
 from .. import backend
 from ..errors import Error
@@ -71,8 +74,18 @@ class Layer:
         from ..blob import Blob
         from ..fillers import fill
         blob = Blob(shape, dtype)
-        blob.data[...] = fill(filler, shape, dtype, f"layer '{self.name}' {field}")
+        backend.upload(blob.data, fill(filler, shape, dtype, f"layer '{self.name}' {field}"))
         return blob
+
+    def gpu_variant(self, blob):
+        """This layer's GPU variant when ``blob`` holds a CuPy array and the layer has one, else None (its own
+        code runs); made on first use, so a CPU run never imports the GPU engine."""
+        if not backend.on_gpu(blob.data):
+            return None
+        if "_gpu_variant" not in self.__dict__:
+            from ..cuda.layers import variant_for  # noqa: PLC0415
+            self._gpu_variant = variant_for(self)
+        return self._gpu_variant
 
     @staticmethod
     def xp(blob):

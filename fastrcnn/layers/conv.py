@@ -392,6 +392,8 @@ class Convolution(Layer):
         return self.winograd and xp is numpy
 
     def forward(self, bottom, top):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.forward(bottom, top)
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
         bias = self.blobs[1].data if self.bias_term else None
@@ -409,6 +411,8 @@ class Convolution(Layer):
         in_parallel(xp, run, [(n, band) for n in range(x.shape[0]) for band in self._bands])
 
     def backward(self, top, propagate_down, bottom):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.backward(top, propagate_down, bottom)
         xp = self.xp(bottom[0])
         x, dy = bottom[0].data, top[0].diff
         need_weight = self.param_propagate_down[0]

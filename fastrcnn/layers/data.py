@@ -1,5 +1,5 @@
 """Layers that bring data into a net: Input (shapes given, data set by the caller) and DummyData."""
-from .. import fillers
+from .. import backend, fillers
 from . import register
 from .base import Layer
 
@@ -57,7 +57,7 @@ class DummyData(Layer):
         self.shapes = shapes
         for t, shape, f in zip(top, shapes, self.fills):
             t.reshape(shape)
-            t.data[...] = fillers.fill(f, shape, t.dtype, f"layer '{self.name}'")
+            backend.upload(t.data, fillers.fill(f, shape, t.dtype, f"layer '{self.name}'"))
 
     def reshape(self, bottom, top):
         pass
@@ -65,4 +65,4 @@ class DummyData(Layer):
     def forward(self, bottom, top):
         for t, shape, f in zip(top, self.shapes, self.fills):
             if f.type != "constant":
-                t.data[...] = fillers.fill(f, shape, t.dtype, f"layer '{self.name}'")
+                backend.upload(t.data, fillers.fill(f, shape, t.dtype, f"layer '{self.name}'"))

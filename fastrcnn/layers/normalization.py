@@ -60,6 +60,8 @@ class LRN(Layer):
         return [(slice(n, n + 1),) + along(axis, start, stop)[1:] for n, start, stop in planes(xp, shape, axis)]
 
     def forward(self, bottom, top):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.forward(bottom, top)
         xp = self.xp(bottom[0])
         x, y, scale = bottom[0].data, top[0].data, self._scale.data
 
@@ -76,6 +78,8 @@ class LRN(Layer):
     def backward(self, top, propagate_down, bottom):
         """dx = dy · scale^(−beta) − 2·beta·norm · x · Σ_{windows holding x} dy·y/scale (the window is
         symmetric, so the adjoint sum is the same window sum)."""
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.backward(top, propagate_down, bottom)
         if not propagate_down[0]:
             return
         xp = self.xp(bottom[0])

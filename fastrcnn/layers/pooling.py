@@ -120,6 +120,8 @@ class Pooling(Layer):
         _reduce(op, rows, y, self.ranges[1], 3, fill)
 
     def forward(self, bottom, top):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.forward(bottom, top)
         xp = self.xp(bottom[0])
         x, y = bottom[0].data, top[0].data
 
@@ -158,6 +160,8 @@ class Pooling(Layer):
         return cell[self._window_offsets(xp, x)] + (rows[:, None] * width + cols)
 
     def backward(self, top, propagate_down, bottom):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.backward(top, propagate_down, bottom)
         if not propagate_down[0]:
             return
         xp = self.xp(bottom[0])

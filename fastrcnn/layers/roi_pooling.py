@@ -124,6 +124,8 @@ class ROIPooling(Layer):
     @property
     def max_idx(self):
         """The argmax of every top element, h·W + w within its (batch, channel) plane, −1 for empty bins."""
+        if (gpu := self.gpu_variant(self._bottom[0])):
+            return gpu.max_idx(self._bottom)
         return self._argmaxes(self._bottom).transpose(0, 3, 1, 2)
 
     def _bins(self, xp, rois, height, width):
@@ -154,6 +156,8 @@ class ROIPooling(Layer):
         """The maxima; their argmaxes too in the TRAIN phase where backward runs (only backward and ``max_idx``
         need them, and compute them on demand otherwise)."""
         self._bottom = bottom
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.forward(bottom, top)
         self._argmax_ready = False
         self._pool(bottom, top[0].data.transpose(0, 2, 3, 1),
                    with_argmax=self.phase == "TRAIN" and self.need_backward)
@@ -188,6 +192,8 @@ class ROIPooling(Layer):
         return self._argmax.data
 
     def backward(self, top, propagate_down, bottom):
+        if (gpu := self.gpu_variant(bottom[0])):
+            return gpu.backward(top, propagate_down, bottom)
         if propagate_down[1]:
             bottom[1].diff[...] = 0
         if not propagate_down[0]:

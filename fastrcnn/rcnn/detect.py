@@ -10,6 +10,7 @@ import heapq
 
 import numpy as np
 
+from .. import backend
 from ..errors import Error
 from .boxes import bbox_transform_inv, clip_boxes, nms
 from .image import images_to_blob, prep_image, scaled_rois
@@ -55,7 +56,7 @@ def forward_rois(net, data, rois, chunk=0):
     wanted = [b for b in ("cls_prob", "cls_score", "bbox_pred") if b in net.blobs]
     if not chunk or len(rois) <= chunk:
         out = net.forward(blobs=wanted, data=data, rois=rois)
-        return {k: np.array(v, copy=True) for k, v in out.items()}
+        return {k: np.array(backend.to_cpu(v), copy=True) for k, v in out.items()}
     start = _roi_layer(net) if hasattr(net, "layers") else None  # an OnnxNet runs whole, on the last data
     parts = []
     for i in range(0, len(rois), chunk):
@@ -63,7 +64,7 @@ def forward_rois(net, data, rois, chunk=0):
             out = net.forward(blobs=wanted, data=data, rois=rois[:chunk])
         else:
             out = net.forward(blobs=wanted, start=start, rois=rois[i:i + chunk])
-        parts.append({k: np.array(v, copy=True) for k, v in out.items()})
+        parts.append({k: np.array(backend.to_cpu(v), copy=True) for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

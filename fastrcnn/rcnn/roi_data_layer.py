@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import backend
 from ..errors import Error
 from ..layers import register
 from ..layers.base import Layer
@@ -128,7 +129,7 @@ class RoIDataLayer(Layer):
         for blob, name in zip(top, TOP_NAMES):
             value = blobs[name]
             blob.reshape(value.shape)
-            blob.data[...] = value
+            backend.upload(blob.data, value)  # to a GPU through pinned memory, once per minibatch
 
     # -- snapshots (solver hooks) ------------------------------------------------------------------------
     def snapshot_state(self):

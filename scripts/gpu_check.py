@@ -10,7 +10,8 @@ Stages (their limits add up to 480 s, so that the whole check ends within 8 minu
              checkout itself (pip install --no-deps -e .), then which modules import (gpu_smoke.py --modules)
   smoke      scripts/gpu_smoke.py: CuPy, the cuDNN frontend, one cuDNN plan and convolution, the RoI pooling
              and NMS kernels against the CPU, the TF32 switch; the check STOPS here when it fails
-  gpu-tests  every test marked gpu (pytest -m gpu), with a JUnit XML report
+  gpu-tests  every test marked gpu but not slow (pytest -m "gpu and not slow"), with a JUnit XML report; the
+             slow one trains the toy on both devices, which toy-train and toy-test do here on the GPU
   toy-train  frcnn-solve prototxt/toy/solver.prototxt --gpu 0 (the README's training, on the GPU; the data
              are generated in a temporary folder, the weights and train.log go to DIR/toy)
   toy-test   frcnn-test on its weights; the mAP beside the bar the CPU-trained detector meets (0.90, the
@@ -142,7 +143,7 @@ def stages(wheels, out, work):
         Stage("install", 25, install, install_figures),
         Stage("smoke", 45, [[PYTHON, "scripts/gpu_smoke.py", "--json", str(out / "gpu_smoke.json")]],
               smoke_figures, stop_on_failure=True),
-        Stage("gpu-tests", 90, [[PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-o", "addopts=", "-p",
+        Stage("gpu-tests", 90, [[PYTHON, "-m", "pytest", "-m", "gpu and not slow", "-q", "-o", "addopts=", "-p",
                                  "no:cacheprovider", f"--junitxml={out / 'gpu_tests.xml'}"]], junit_figures),
         Stage("toy-train", 120, [[PYTHON, "-m", "fastrcnn.cli.solve", "prototxt/toy/solver.prototxt", "--gpu", "0",
                                   "--output", str(out / "toy"), "--data-root", str(work / "data"), "--quiet"]],

@@ -40,8 +40,9 @@ def test_dry_run_lists_every_stage_with_limits_within_eight_minutes(tmp_path):
     commands = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
     assert all(c.startswith("timeout ") for c in commands)
     text = "\n".join(commands)
-    for piece in ("scripts/gpu_smoke.py", "pytest -m gpu", "fastrcnn.cli.solve prototxt/toy/solver.prototxt --gpu 0",
-                  "fastrcnn.cli.test prototxt/toy/test.prototxt", "bench.py --device gpu --models L,M,S --json"):
+    for piece in ("scripts/gpu_smoke.py", "pytest -m 'gpu and not slow'",
+                  "fastrcnn.cli.solve prototxt/toy/solver.prototxt --gpu 0", "fastrcnn.cli.test prototxt/toy/test.prototxt",
+                  "bench.py --device gpu --models L,M,S --json"):
         assert piece in text, piece
     assert not list(tmp_path.iterdir()), "a dry run writes nothing"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from mpi_helpers import break_quantization_tables
+from mpi_helpers import break_quantization_tables, fault_layer
 
 from fastrcnn import comm, protoio
 from fastrcnn.rcnn.datasets import get_dataset
@@ -32,7 +32,8 @@ def _env(threads):
     """A plain environment; ``threads`` per process: with one, every layer sums a pass's gradient in one piece
     (one process and the ranks then add the same terms), with two the sums come in per-thread pieces."""
     env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    env["FASTRCNN_ALLOW_PYTHON_LAYERS"] = "1"  # mpi_helpers.Fault
     env["OPENBLAS_NUM_THREADS"] = str(threads)
     return env
 
@@ -64,12 +65,12 @@ def _solve(root, solver, output, ranks=None, extra=(), timeout=120, threads=2):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(threads))
 
 
-def _trained(result):
+def _trained(result, iters=ITERS):
     """The final state's params and momentum (the normalised bbox_pred, as training holds it)."""
     assert result.returncode == 0, result.stderr
     weights = result.stdout.splitlines()[-1]
     arrays, meta = read_npz(weights[:-len(".npz")] + ".solverstate", "state")
-    assert meta["iter"] == ITERS
+    assert meta["iter"] == iters
     return arrays, meta
 
 
@@ -219,3 +220,38 @@ def test_four_ranks_equal_one_process_with_iter_size_4(data, tmp_path):
     for name, value in reference.items():
         numpy.testing.assert_array_equal(ordered[name], value, err_msg=name)
         numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)
+
+
+def _s_net(root, iter_size):
+    """The paper's model S (prototxt/CaffeNet: conv1 frozen, dropout after fc6 and fc7) for the toy's 6 classes,
+    MSRA-filled in place of ImageNet weights, and its solver at ``iter_size``."""
+    net = (REPO / "prototxt" / "CaffeNet" / "train.prototxt").read_text()
+    for old, new in (("num_classes: 21", "num_classes: 6"), ("num_output: 21", "num_output: 6"),
+                     ("num_output: 84", "num_output: 24"),
+                     ("convolution_param {", 'convolution_param { weight_filler { type: "msra" }'),
+                     ("inner_product_param { num_output: 4096 }",
+                      'inner_product_param { num_output: 4096 weight_filler { type: "msra" } }')):
+        assert old in net
+        net = net.replace(old, new)
+    (root / "s_train.prototxt").write_text(net)
+    solver = (REPO / "prototxt" / "CaffeNet" / "solver.prototxt").read_text()
+    solver = solver.replace('train_net: "train.prototxt"', f'train_net: "{root / "s_train.prototxt"}"')
+    (root / f"s_{iter_size}.prototxt").write_text(solver + f"iter_size: {iter_size}\n")
+    return f"s_{iter_size}.prototxt"
+
+
+@pytest.mark.slow
+def test_the_s_net_with_dropout_on_two_ranks_is_bitwise_one_process_with_iter_size_2(data, tmp_path):
+    """Model S on 64-pixel images (conv5 4 to 6 cells wide at stride 16), 8 RoIs an image, 2 iterations
+    (about 25 s on two cores)."""
+    small = ["--iters", "2", "--set", "TRAIN.SCALES", "(64,)", "--set", "TRAIN.MAX_SIZE", "96",
+             "--set", "TRAIN.BATCH_SIZE", "16"]
+    one = _trained(_solve(data, _s_net(data, 2), tmp_path / "one", timeout=300, extra=small), iters=2)
+    two = _trained(_solve(data, _s_net(data, 1), tmp_path / "two", ranks=2, timeout=300,
+                          extra=small + ["--ordered-sum"]), iters=2)
+    assert sorted(one[0]) == sorted(two[0])
+    for name, value in one[0].items():
+        numpy.testing.assert_array_equal(two[0][name], value, err_msg=name)
+    assert two[1]["losses"] == one[1]["losses"]
+    still = sorted(int(k.split("/")[1]) for k, v in one[0].items() if k.startswith("history/") and not v.any())
+    assert still == [0, 1]  # conv1 frozen, every other layer trained

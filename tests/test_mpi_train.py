@@ -255,3 +255,46 @@ def test_the_s_net_with_dropout_on_two_ranks_is_bitwise_one_process_with_iter_si
     assert two[1]["losses"] == one[1]["losses"]
     still = sorted(int(k.split("/")[1]) for k, v in one[0].items() if k.startswith("history/") and not v.any())
     assert still == [0, 1]  # conv1 frozen, every other layer trained
+
+
+def _faulty(data, tmp_path, action, at):
+    """Train the toy net with a :class:`mpi_helpers.Fault` after fc6's ReLU on two ranks, a snapshot every
+    iteration: returns (result, seconds, the iterations of the snapshots written, each checked whole)."""
+    net = (TOY / "train.prototxt").read_text().replace(DROPOUT[0], DROPOUT[0] + "\n" + fault_layer("fc6", 1, at, action))
+    (tmp_path / "faulty.prototxt").write_text(net)
+    solver = (TOY / "solver.prototxt").read_text()
+    (tmp_path / "solver.prototxt").write_text(solver.replace('train_net: "train.prototxt"',
+                                                             f'train_net: "{tmp_path / "faulty.prototxt"}"'))
+    start = time.monotonic()
+    result = _solve(tmp_path, "solver.prototxt", tmp_path / "out", ranks=2, timeout=60,
+                    extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data), "--iters", "6",
+                           "--set", "TRAIN.SNAPSHOT_ITERS", "1"])
+    seconds = time.monotonic() - start
+    written = sorted(int(s.stem.rsplit("_", 1)[1]) for s in (tmp_path / "out").glob("*.solverstate"))
+    for k in written:
+        assert read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.solverstate"), "state")[1]["iter"] == k
+        read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")
+    return result, seconds, written
+
+
+def test_a_rank_killed_by_sigkill_ends_every_rank_and_keeps_the_snapshots(data, tmp_path):
+    """Rank 1 is killed (SIGKILL) in its forward pass of iteration 3: the launcher ends rank 0 too, within
+    seconds, with a non-zero status; snapshots 1 and 2 (which rank 0 may be writing, atomically, when rank 1
+    dies) are whole, and there is no later one."""
+    result, seconds, written = _faulty(data, tmp_path, "kill", 3)
+    assert result.returncode != 0 and "Killed (signal 9)" in result.stdout, result.stderr  # MPICH's launcher
+    assert seconds < 30
+    assert written in ([1], [1, 2]), result.stderr
+
+
+def test_a_nan_loss_on_one_rank_ends_every_rank_and_writes_no_broken_snapshot(data, tmp_path):
+    """Rank 1's loss is NaN at iteration 3 (its fc6 made NaN), rank 0's finite; the summed gradient, so both
+    ranks' weights, are broken: every rank ends within seconds with rank 1's message, which names the last good
+    snapshot; snapshots 1 and 2 are whole and no snapshot 3 is written."""
+    result, seconds, written = _faulty(data, tmp_path, "nan", 3)
+    assert result.returncode != 0
+    assert seconds < 30
+    last = tmp_path / "out" / "toy_fast_rcnn_iter_2.solverstate"
+    assert "rank 1: error: the loss became nan at iteration 3" in result.stderr, result.stderr
+    assert f"The last good snapshot is {last}." in result.stderr
+    assert written == [1, 2]

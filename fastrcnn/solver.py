@@ -338,7 +338,7 @@ class SGDSolver:
             self.net.forward()
             self._update_smoothed_loss(float(self.net.loss()))
             log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self.comm.rank == 0:
             self.test_all()
         log.info("Optimization done.")
 

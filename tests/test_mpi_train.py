@@ -298,3 +298,19 @@ def test_a_nan_loss_on_one_rank_ends_every_rank_and_writes_no_broken_snapshot(da
     assert "rank 1: error: the loss became nan at iteration 3" in result.stderr, result.stderr
     assert f"The last good snapshot is {last}." in result.stderr
     assert written == [1, 2]
+
+
+def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data, tmp_path):
+    """Each rank runs two passes an iteration, minibatches 4k + 2r and 4k + 2r + 1 of one process's four."""
+    solver = (TOY / "solver.prototxt").read_text().replace('train_net: "train.prototxt"',
+                                                          f'train_net: "{data / "dropout.prototxt"}"')
+    (tmp_path / "dropout_4.prototxt").write_text(solver + "iter_size: 4\n")
+    (tmp_path / "dropout_2.prototxt").write_text(solver + "iter_size: 2\n")
+    reference, reference_meta = _trained(_solve(tmp_path, "dropout_4.prototxt", tmp_path / "one",
+                                                extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data)]))
+    arrays, meta = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "two", ranks=2,
+                                   extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data),
+                                          "--ordered-sum"]))
+    for name, value in reference.items():
+        numpy.testing.assert_array_equal(arrays[name], value, err_msg=name)
+    assert meta["losses"] == reference_meta["losses"] and meta["hooks"] == reference_meta["hooks"]

@@ -112,7 +112,7 @@ def test_two_ranks_continue_a_state_of_one_process_exactly(data, single, tmp_pat
 
 def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change_nothing(data, single, tmp_path):
     whole = _trained(_solve(data, "plain_1.prototxt", tmp_path / "whole", ranks=2, extra=["--bucket-mb", "1000"]))
-    # buckets of 64 kB: the toy net's 1.3 MB of gradients go in several sums, started during backward
+    # buckets of 64 kB: the toy net's 5.8 MB of gradients go in 6 sums, started during backward
     bucketed = _trained(_solve(data, "plain_1.prototxt", tmp_path / "bucketed", ranks=2,
                                extra=["--bucket-mb", "0.0625"]))
     for name in whole[0]:  # two addends: every partition sums each element as a + b

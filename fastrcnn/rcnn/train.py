@@ -308,11 +308,12 @@ def _snapshot_once(solver):
 
 def _non_finite_layers(net):
     """The names of the layers with a non-finite param value (BatchNorm's statistics included)."""
-    names = [name for name, blobs in net.params.items() for _ in blobs]
-    blobs = [blob for layer_blobs in net.params.values() for blob in layer_blobs]
-    xp = backend.get_array_module(blobs[0].data) if blobs else np
-    finite = backend.to_cpu(xp.stack([xp.isfinite(blob.data).all() for blob in blobs])) if blobs else []
-    return list(dict.fromkeys(name for name, ok in zip(names, finite) if not ok))
+    pairs = [(name, blob) for name, blobs in net.params.items() for blob in blobs]
+    if not pairs:
+        return []
+    xp = backend.get_array_module(pairs[0][1].data)
+    finite = backend.to_cpu(xp.stack([xp.isfinite(blob.data).all() for _, blob in pairs]))  # one device sync
+    return list(dict.fromkeys(name for (name, _), ok in zip(pairs, finite) if not ok))
 
 
 def _stop_with_a_failing_rank(solver, total):

@@ -2,6 +2,7 @@
 does (the same minibatches, RoIs, dropout masks and BatchNorm statistics): bitwise with --ordered-sum, within
 float32 rounding with the allreduce; buckets change nothing; a failing rank ends every rank."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -257,12 +258,15 @@ def test_the_s_net_with_dropout_on_two_ranks_is_bitwise_one_process_with_iter_si
     assert still == [0, 1]  # conv1 frozen, every other layer trained
 
 
-def _faulty(data, tmp_path, action, at):
-    """Train the toy net with a :class:`mpi_helpers.Fault` after fc6's ReLU on two ranks, a snapshot every
-    iteration: returns (result, seconds, the iterations of the snapshots written, each checked whole)."""
-    net = (TOY / "train.prototxt").read_text().replace(DROPOUT[0], DROPOUT[0] + "\n" + fault_layer("fc6", 1, at, action))
+def _faulty(data, tmp_path, action=None, at=0, base_lr="0.02"):
+    """Train the toy net on two ranks, a snapshot every iteration, with a :class:`mpi_helpers.Fault` after fc6's
+    ReLU doing ``action`` on rank 1 at iteration ``at`` (none without an action): returns (result, seconds, the
+    iterations of the snapshots written, each checked whole and finite)."""
+    net = (TOY / "train.prototxt").read_text()
+    if action:
+        net = net.replace(DROPOUT[0], DROPOUT[0] + "\n" + fault_layer("fc6", 1, at, action))
     (tmp_path / "faulty.prototxt").write_text(net)
-    solver = (TOY / "solver.prototxt").read_text()
+    solver = (TOY / "solver.prototxt").read_text().replace("base_lr: 0.02", f"base_lr: {base_lr}")
     (tmp_path / "solver.prototxt").write_text(solver.replace('train_net: "train.prototxt"',
                                                              f'train_net: "{tmp_path / "faulty.prototxt"}"'))
     start = time.monotonic()
@@ -273,7 +277,8 @@ def _faulty(data, tmp_path, action, at):
     written = sorted(int(s.stem.rsplit("_", 1)[1]) for s in (tmp_path / "out").glob("*.solverstate"))
     for k in written:
         assert read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.solverstate"), "state")[1]["iter"] == k
-        read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")
+        arrays, _ = read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")
+        assert all(numpy.isfinite(a).all() for a in arrays.values()), k
     return result, seconds, written
 
 
@@ -314,3 +319,13 @@ def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data,
     for name, value in reference.items():
         numpy.testing.assert_array_equal(arrays[name], value, err_msg=name)
     assert meta["losses"] == reference_meta["losses"] and meta["hooks"] == reference_meta["hooks"]
+
+
+def test_params_gone_non_finite_on_every_rank_end_the_run_before_their_snapshot(data, tmp_path):
+    """base_lr 1e6: the summed update overflows BatchNorm's statistics on both ranks alike while the losses are
+    still finite; every rank stops at once with its message, and no snapshot holds the broken params."""
+    result, seconds, written = _faulty(data, tmp_path, base_lr="1e6")
+    assert result.returncode != 0 and seconds < 30
+    assert re.search(r"rank \d: error: the params of .* became non-finite at iteration (\d+)", result.stderr), result.stderr
+    broken = int(re.search(r"became non-finite at iteration (\d+)", result.stderr).group(1))
+    assert written == list(range(1, broken))

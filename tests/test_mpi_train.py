@@ -306,7 +306,8 @@ def test_a_nan_loss_on_one_rank_ends_every_rank_and_writes_no_broken_snapshot(da
 
 
 def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data, tmp_path):
-    """Each rank runs two passes an iteration, minibatches 4k + 2r and 4k + 2r + 1 of one process's four."""
+    """Each rank runs two passes an iteration, minibatches 4k + 2r and 4k + 2r + 1 of one process's four; the
+    ranks' buckets, started in the second pass's backward, sum both passes (within float32 rounding)."""
     solver = (TOY / "solver.prototxt").read_text().replace('train_net: "train.prototxt"',
                                                           f'train_net: "{data / "dropout.prototxt"}"')
     (tmp_path / "dropout_4.prototxt").write_text(solver + "iter_size: 4\n")
@@ -316,8 +317,12 @@ def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data,
     arrays, meta = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "two", ranks=2,
                                    extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data),
                                           "--ordered-sum"]))
+    summed = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "summed", ranks=2,
+                             extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data),
+                                    "--bucket-mb", "0.0625"]))[0]
     for name, value in reference.items():
         numpy.testing.assert_array_equal(arrays[name], value, err_msg=name)
+        numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)
     assert meta["losses"] == reference_meta["losses"] and meta["hooks"] == reference_meta["hooks"]
 
 

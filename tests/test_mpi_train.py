@@ -312,14 +312,12 @@ def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data,
                                                           f'train_net: "{data / "dropout.prototxt"}"')
     (tmp_path / "dropout_4.prototxt").write_text(solver + "iter_size: 4\n")
     (tmp_path / "dropout_2.prototxt").write_text(solver + "iter_size: 2\n")
-    reference, reference_meta = _trained(_solve(tmp_path, "dropout_4.prototxt", tmp_path / "one",
-                                                extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data)]))
+    data_set = ["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data)]
+    reference, reference_meta = _trained(_solve(tmp_path, "dropout_4.prototxt", tmp_path / "one", extra=data_set))
     arrays, meta = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "two", ranks=2,
-                                   extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data),
-                                          "--ordered-sum"]))
+                                   extra=data_set + ["--ordered-sum"]))
     summed = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "summed", ranks=2,
-                             extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data),
-                                    "--bucket-mb", "0.0625"]))[0]
+                             extra=data_set + ["--bucket-mb", "0.0625"]))[0]
     for name, value in reference.items():
         numpy.testing.assert_array_equal(arrays[name], value, err_msg=name)
         numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)
@@ -331,6 +329,7 @@ def test_params_gone_non_finite_on_every_rank_end_the_run_before_their_snapshot(
     still finite; every rank stops at once with its message, and no snapshot holds the broken params."""
     result, seconds, written = _faulty(data, tmp_path, base_lr="1e6")
     assert result.returncode != 0 and seconds < 30
-    assert re.search(r"rank \d: error: the params of .* became non-finite at iteration (\d+)", result.stderr), result.stderr
-    broken = int(re.search(r"became non-finite at iteration (\d+)", result.stderr).group(1))
+    found = re.search(r"rank \d: error: the params of .* became non-finite at iteration (\d+)", result.stderr)
+    assert found, result.stderr
+    broken = int(found.group(1))
     assert written == list(range(1, broken))

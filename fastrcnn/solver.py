@@ -143,7 +143,8 @@ class SGDSolver:
     """Stochastic gradient descent with momentum, as pycaffe's ``caffe.SGDSolver``.
 
     ``solver_file`` is a solver prototxt path or a SolverParameter. ``callbacks`` are called with the
-    solver after every iteration; ``snapshot_hooks`` are objects with ``snapshot_state() -> dict``
+    solver after every iteration, before its ``snapshot`` (one that raises stops the run before the snapshot of
+    the weights it objects to); ``snapshot_hooks`` are objects with ``snapshot_state() -> dict``
     (JSON-able) and ``restore_state(dict)`` whose states travel in the .solverstate file.
     ``snapshot_dir``, when set, is the folder the snapshot prefix is taken relative to. ``communicator``,
     ``bucket_bytes`` and ``ordered_sum`` set up data-parallel training (``fastrcnn.data_parallel``).
@@ -173,6 +174,8 @@ class SGDSolver:
         self.callbacks = []
         self.snapshot_hooks = []
         self.snapshot_dir = None
+        #: The .solverstate path of this run's latest snapshot (None before the first).
+        self.last_snapshot = None
         #: Solver fields set for this run, {field: value}; saved with snapshots, put back by ``restore``.
         self.overrides = {}
         #: Iterations per pass over the training data, when the caller knows it: display shows the epoch.
@@ -306,10 +309,10 @@ class SGDSolver:
                 self._display()
             self.apply_update()
             self.iter += 1
-            if p.snapshot and self.iter % p.snapshot == 0:
-                self.snapshot()
             for callback in self.callbacks:
                 callback(self)
+            if p.snapshot and self.iter % p.snapshot == 0:
+                self.snapshot()
 
     def share_state(self):
         """Give every rank rank 0's params (all of them: BatchNorm's statistics too), momentum, iteration,
@@ -338,7 +341,7 @@ class SGDSolver:
             self.net.forward()
             self._update_smoothed_loss(float(self.net.loss()))
             log.info("Iteration %d, loss = %.6g", self.iter, self.smoothed_loss)
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self.comm.rank == 0:
             self.test_all()
         log.info("Optimization done.")
 
@@ -441,11 +444,16 @@ class SGDSolver:
         return os.path.join(self.snapshot_dir, path) if self.snapshot_dir else path
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.npz`` and ``.solverstate`` (rank 0 only); returns the .solverstate path."""
+        """Write ``<prefix>_iter_<N>.npz`` and ``.solverstate`` (rank 0 only); returns the .solverstate path,
+        which every rank keeps in ``last_snapshot``."""
         base = f"{self._snapshot_prefix()}_iter_{self.iter}"
+        if self.comm.rank == 0:
+            self._write_snapshot(base)
+        self.last_snapshot = base + ".solverstate"
+        return self.last_snapshot
+
+    def _write_snapshot(self, base):
         weights_path, state_path = base + ".npz", base + ".solverstate"
-        if self.comm.rank != 0:
-            return state_path
         folder = os.path.dirname(base)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -461,7 +469,6 @@ class SGDSolver:
         arrays.update({f"param/{i}": backend.to_cpu(b.data) for i, b in enumerate(self.net.learnable_params)})
         weights.write_npz(state_path, arrays, meta)
         log.info("Snapshotting to %s and %s", weights_path, state_path)
-        return state_path
 
     def restore(self, path):
         """Continue from a .solverstate: params, iteration, momentum, loss window, RNG, hook states and the

@@ -2,6 +2,7 @@
 does (the same minibatches, RoIs, dropout masks and BatchNorm statistics): bitwise with --ordered-sum, within
 float32 rounding with the allreduce; buckets change nothing; a failing rank ends every rank."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy
 import pytest
-from mpi_helpers import break_quantization_tables
+from mpi_helpers import break_quantization_tables, fault_layer
 
 from fastrcnn import comm, protoio
 from fastrcnn.rcnn.datasets import get_dataset
@@ -32,7 +33,8 @@ def _env(threads):
     """A plain environment; ``threads`` per process: with one, every layer sums a pass's gradient in one piece
     (one process and the ranks then add the same terms), with two the sums come in per-thread pieces."""
     env = {k: v for k, v in os.environ.items() if not comm.launched_by_mpi({k: v})}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    env["FASTRCNN_ALLOW_PYTHON_LAYERS"] = "1"  # mpi_helpers.Fault
     env["OPENBLAS_NUM_THREADS"] = str(threads)
     return env
 
@@ -64,12 +66,12 @@ def _solve(root, solver, output, ranks=None, extra=(), timeout=120, threads=2):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(threads))
 
 
-def _trained(result):
+def _trained(result, iters=ITERS):
     """The final state's params and momentum (the normalised bbox_pred, as training holds it)."""
     assert result.returncode == 0, result.stderr
     weights = result.stdout.splitlines()[-1]
     arrays, meta = read_npz(weights[:-len(".npz")] + ".solverstate", "state")
-    assert meta["iter"] == ITERS
+    assert meta["iter"] == iters
     return arrays, meta
 
 
@@ -111,7 +113,7 @@ def test_two_ranks_continue_a_state_of_one_process_exactly(data, single, tmp_pat
 
 def test_allreduce_equals_iter_size_2_within_float32_rounding_and_buckets_change_nothing(data, single, tmp_path):
     whole = _trained(_solve(data, "plain_1.prototxt", tmp_path / "whole", ranks=2, extra=["--bucket-mb", "1000"]))
-    # buckets of 64 kB: the toy net's 1.3 MB of gradients go in several sums, started during backward
+    # buckets of 64 kB: the toy net's 5.8 MB of gradients go in 6 sums, started during backward
     bucketed = _trained(_solve(data, "plain_1.prototxt", tmp_path / "bucketed", ranks=2,
                                extra=["--bucket-mb", "0.0625"]))
     for name in whole[0]:  # two addends: every partition sums each element as a + b
@@ -219,3 +221,115 @@ def test_four_ranks_equal_one_process_with_iter_size_4(data, tmp_path):
     for name, value in reference.items():
         numpy.testing.assert_array_equal(ordered[name], value, err_msg=name)
         numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)
+
+
+def _s_net(root, iter_size):
+    """The paper's model S (prototxt/CaffeNet: conv1 frozen, dropout after fc6 and fc7) for the toy's 6 classes,
+    MSRA-filled in place of ImageNet weights, and its solver at ``iter_size``."""
+    net = (REPO / "prototxt" / "CaffeNet" / "train.prototxt").read_text()
+    for old, new in (("num_classes: 21", "num_classes: 6"), ("num_output: 21", "num_output: 6"),
+                     ("num_output: 84", "num_output: 24"),
+                     ("convolution_param {", 'convolution_param { weight_filler { type: "msra" }'),
+                     ("inner_product_param { num_output: 4096 }",
+                      'inner_product_param { num_output: 4096 weight_filler { type: "msra" } }')):
+        assert old in net
+        net = net.replace(old, new)
+    (root / "s_train.prototxt").write_text(net)
+    solver = (REPO / "prototxt" / "CaffeNet" / "solver.prototxt").read_text()
+    solver = solver.replace('train_net: "train.prototxt"', f'train_net: "{root / "s_train.prototxt"}"')
+    (root / f"s_{iter_size}.prototxt").write_text(solver + f"iter_size: {iter_size}\n")
+    return f"s_{iter_size}.prototxt"
+
+
+@pytest.mark.slow
+def test_the_s_net_with_dropout_on_two_ranks_is_bitwise_one_process_with_iter_size_2(data, tmp_path):
+    """Model S on 64-pixel images (conv5 4 to 6 cells wide at stride 16), 8 RoIs an image, 2 iterations
+    (about 25 s on two cores)."""
+    small = ["--iters", "2", "--set", "TRAIN.SCALES", "(64,)", "--set", "TRAIN.MAX_SIZE", "96",
+             "--set", "TRAIN.BATCH_SIZE", "16"]
+    one = _trained(_solve(data, _s_net(data, 2), tmp_path / "one", timeout=300, extra=small), iters=2)
+    two = _trained(_solve(data, _s_net(data, 1), tmp_path / "two", ranks=2, timeout=300,
+                          extra=small + ["--ordered-sum"]), iters=2)
+    assert sorted(one[0]) == sorted(two[0])
+    for name, value in one[0].items():
+        numpy.testing.assert_array_equal(two[0][name], value, err_msg=name)
+    assert two[1]["losses"] == one[1]["losses"]
+    still = sorted(int(k.split("/")[1]) for k, v in one[0].items() if k.startswith("history/") and not v.any())
+    assert still == [0, 1]  # conv1 frozen, every other layer trained
+
+
+def _faulty(data, tmp_path, action=None, at=0, base_lr="0.02"):
+    """Train the toy net on two ranks, a snapshot every iteration, with a :class:`mpi_helpers.Fault` after fc6's
+    ReLU doing ``action`` on rank 1 at iteration ``at`` (none without an action): returns (result, seconds, the
+    iterations of the snapshots written, each checked whole and finite)."""
+    net = (TOY / "train.prototxt").read_text()
+    if action:
+        net = net.replace(DROPOUT[0], DROPOUT[0] + "\n" + fault_layer("fc6", 1, at, action))
+    (tmp_path / "faulty.prototxt").write_text(net)
+    solver = (TOY / "solver.prototxt").read_text().replace("base_lr: 0.02", f"base_lr: {base_lr}")
+    (tmp_path / "solver.prototxt").write_text(solver.replace('train_net: "train.prototxt"',
+                                                             f'train_net: "{tmp_path / "faulty.prototxt"}"'))
+    start = time.monotonic()
+    result = _solve(tmp_path, "solver.prototxt", tmp_path / "out", ranks=2, timeout=60,
+                    extra=["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data), "--iters", "6",
+                           "--set", "TRAIN.SNAPSHOT_ITERS", "1"])
+    seconds = time.monotonic() - start
+    written = sorted(int(s.stem.rsplit("_", 1)[1]) for s in (tmp_path / "out").glob("*.solverstate"))
+    for k in written:
+        assert read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.solverstate"), "state")[1]["iter"] == k
+        arrays, _ = read_npz(str(tmp_path / "out" / f"toy_fast_rcnn_iter_{k}.npz"), "weights")
+        assert all(numpy.isfinite(a).all() for a in arrays.values()), k
+    return result, seconds, written
+
+
+def test_a_rank_killed_by_sigkill_ends_every_rank_and_keeps_the_snapshots(data, tmp_path):
+    """Rank 1 is killed (SIGKILL) in its forward pass of iteration 3: the launcher ends rank 0 too, within
+    seconds, with a non-zero status; snapshots 1 and 2 (which rank 0 may be writing, atomically, when rank 1
+    dies) are whole, and there is no later one."""
+    result, seconds, written = _faulty(data, tmp_path, "kill", 3)
+    assert result.returncode != 0 and "Killed (signal 9)" in result.stdout, result.stderr  # MPICH's launcher
+    assert seconds < 30
+    assert written in ([1], [1, 2]), result.stderr
+
+
+def test_a_nan_loss_on_one_rank_ends_every_rank_and_writes_no_broken_snapshot(data, tmp_path):
+    """Rank 1's loss is NaN at iteration 3 (its fc6 made NaN), rank 0's finite; the summed gradient, so both
+    ranks' weights, are broken: every rank ends within seconds with rank 1's message, which names the last good
+    snapshot; snapshots 1 and 2 are whole and no snapshot 3 is written."""
+    result, seconds, written = _faulty(data, tmp_path, "nan", 3)
+    assert result.returncode != 0
+    assert seconds < 30
+    last = tmp_path / "out" / "toy_fast_rcnn_iter_2.solverstate"
+    assert "rank 1: error: the loss became nan at iteration 3" in result.stderr, result.stderr
+    assert f"The last good snapshot is {last}." in result.stderr
+    assert written == [1, 2]
+
+
+def test_two_ranks_of_iter_size_2_are_bitwise_one_process_with_iter_size_4(data, tmp_path):
+    """Each rank runs two passes an iteration, minibatches 4k + 2r and 4k + 2r + 1 of one process's four; the
+    ranks' buckets, started in the second pass's backward, sum both passes (within float32 rounding)."""
+    solver = (TOY / "solver.prototxt").read_text().replace('train_net: "train.prototxt"',
+                                                          f'train_net: "{data / "dropout.prototxt"}"')
+    (tmp_path / "dropout_4.prototxt").write_text(solver + "iter_size: 4\n")
+    (tmp_path / "dropout_2.prototxt").write_text(solver + "iter_size: 2\n")
+    data_set = ["--imdb", f"voc:{data / 'small'}:train", "--data-root", str(data)]
+    reference, reference_meta = _trained(_solve(tmp_path, "dropout_4.prototxt", tmp_path / "one", extra=data_set))
+    arrays, meta = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "two", ranks=2,
+                                   extra=data_set + ["--ordered-sum"]))
+    summed = _trained(_solve(tmp_path, "dropout_2.prototxt", tmp_path / "summed", ranks=2,
+                             extra=data_set + ["--bucket-mb", "0.0625"]))[0]
+    for name, value in reference.items():
+        numpy.testing.assert_array_equal(arrays[name], value, err_msg=name)
+        numpy.testing.assert_allclose(summed[name], value, rtol=0, atol=1e-5 * numpy.abs(value).max(), err_msg=name)
+    assert meta["losses"] == reference_meta["losses"] and meta["hooks"] == reference_meta["hooks"]
+
+
+def test_params_gone_non_finite_on_every_rank_end_the_run_before_their_snapshot(data, tmp_path):
+    """base_lr 1e6: the summed update overflows BatchNorm's statistics on both ranks alike while the losses are
+    still finite; every rank stops at once with its message, and no snapshot holds the broken params."""
+    result, seconds, written = _faulty(data, tmp_path, base_lr="1e6")
+    assert result.returncode != 0 and seconds < 30
+    found = re.search(r"rank \d: error: the params of .* became non-finite at iteration (\d+)", result.stderr)
+    assert found, result.stderr
+    broken = int(found.group(1))
+    assert written == list(range(1, broken))

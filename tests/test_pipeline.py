@@ -85,18 +85,27 @@ def test_wrong_class_count_is_reported_before_training(toy_small, tmp_path):
               data_root=toy_small, progress=False)
 
 
-def test_nan_loss_stops_and_keeps_the_last_snapshot(toy_small, tmp_path):
+@pytest.mark.parametrize("snapshots", [["TRAIN.SNAPSHOT_ITERS", "1"], ["TRAIN.SNAPSHOT_ITERS", "0"]],
+                         ids=["snapshot_iters", "solver_snapshot"])
+def test_a_diverging_run_stops_before_it_snapshots_broken_weights(toy_small, tmp_path, snapshots):
+    """base_lr 1e6: BatchNorm's running statistics overflow a few iterations before the loss does. Training
+    stops at the first non-finite param or loss, every snapshot written is finite, and the message names the last
+    one; the same with the solver's own ``snapshot`` interval in place of TRAIN.SNAPSHOT_ITERS."""
     solver = re.sub(r"base_lr: \S+", "base_lr: 1e6", (REPO / "prototxt" / "toy" / "solver.prototxt").read_text())
     solver = solver.replace('train_net: "train.prototxt"', f'train_net: "{REPO / "prototxt/toy/train.prototxt"}"')
+    if snapshots[1] == "0":
+        solver = solver.replace("snapshot: 0", "snapshot: 1")
     (tmp_path / "solver.prototxt").write_text(solver)
-    with pytest.raises(fastrcnn.Error, match=r"the loss became .* at iteration \d+"):
+    with pytest.raises(fastrcnn.Error, match=r"(the loss|the params of .*) became .* at iteration \d+") as error:
         train(str(tmp_path / "solver.prototxt"), imdb=f"voc:{toy_small / 'small'}:train", iters=50,
               output_dir=tmp_path / "o", data_root=toy_small, progress=False,
-              set_pairs=["TRAIN.SCALES", "(160,)", "TRAIN.SNAPSHOT_ITERS", "1"])
-    snapshots = sorted((tmp_path / "o").glob("*.npz"))
-    assert snapshots  # every snapshot written before the failure is intact
+              set_pairs=["TRAIN.SCALES", "(160,)", *snapshots])
+    snapshots = sorted((tmp_path / "o").glob("*.solverstate"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert snapshots and f"The last good snapshot is {snapshots[-1]}." in str(error.value)
     for path in snapshots:
-        read_weights(path)
+        layers, _ = read_weights(path.with_suffix(".npz"))
+        for name, blobs in layers.items():
+            assert all(np.isfinite(b).all() for b in blobs), (path.name, name)
 
 
 def test_test_and_reval_compress_and_demo(toy_small, tmp_path, capsys):

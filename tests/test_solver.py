@@ -6,7 +6,7 @@ import numpy
 import pytest
 from google.protobuf import text_format
 
-from fastrcnn import backend
+from fastrcnn import backend, comm
 from fastrcnn.blob import Blob
 from fastrcnn.errors import Error
 from fastrcnn.layers import register
@@ -387,3 +387,24 @@ def test_random_seed_fixes_initial_weights():
     a, b, c = convnet_solver(seed=5), convnet_solver(seed=5), convnet_solver(seed=6)
     assert all(numpy.array_equal(x, y) for x, y in zip(params_of(a.net), params_of(b.net)))
     assert not numpy.array_equal(params_of(a.net)[0], params_of(c.net)[0])
+
+
+class _RankOfTwo(comm.SingleProcess):
+    """Rank ``rank`` of two whose collectives return this process's own values (every rank's, here)."""
+    size = 2
+
+    def __init__(self, rank):
+        self.rank = rank
+
+
+@pytest.mark.parametrize("rank, tested", [(0, [1, 2]), (1, [])])
+def test_solve_tests_on_rank_0_alone(rank, tested):
+    """Rank 0 alone runs the test nets, in ``step`` as at the end of ``solve``."""
+    solver = SGDSolver(solver_param('base_lr: 0.05 lr_policy: "fixed" max_iter: 2 random_seed: 1 test_iter: 1 '
+                                    'test_interval: 1 test_initialization: false snapshot_after_train: false', CONVNET),
+                       _RankOfTwo(rank))
+    forward = solver.test_nets[0].forward
+    ran = []
+    solver.test_nets[0].forward = lambda: ran.append(solver.iter) or forward()
+    solver.solve()
+    assert ran == tested

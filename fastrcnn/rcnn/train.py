@@ -257,36 +257,63 @@ def train(solver_path, weights=None, restore=None, iters=None, imdb=None, cfg_fi
 
 
 def _run(solver, cfg, max_iters, output_dir, progress):
-    """The training loop: snapshots every TRAIN.SNAPSHOT_ITERS and at the end, NaN guard, progress, curves."""
+    """The training loop: snapshots every TRAIN.SNAPSHOT_ITERS (and the solver's ``snapshot``) and at the end,
+    progress, curves; a non-finite loss or param stops it before anything snapshots it (a solver callback)."""
     from tqdm import tqdm
-    last_snapshot = None
     history = []
-    lead = solver.comm.rank == 0
-    bar = tqdm(total=max_iters, initial=solver.iter, disable=not (progress and lead), unit="it", dynamic_ncols=True)
-    start, start_iter = time.perf_counter(), solver.iter
-    while solver.iter < max_iters:
-        solver.step(1)
+
+    def guard(solver):
+        """After each update, before any snapshot: stop when the loss or the weights are not finite."""
         losses = {name: float(np.asarray(backend.to_cpu(solver.net.blobs[name].data)).sum())
                   for name in solver.net.outputs}
         total = sum(losses.values())
         _stop_with_a_failing_rank(solver, total)
+        last = f"The last good snapshot is {solver.last_snapshot or 'none (no snapshot yet)'}"
         if not math.isfinite(total):
-            raise Error(f"the loss became {total} at iteration {solver.iter} ({losses}); training stopped. "
-                        f"The last good snapshot is {last_snapshot or 'none (no snapshot yet)'}. Lower base_lr, "
-                        "or check the dataset for degenerate boxes")
+            raise Error(f"the loss became {total} at iteration {solver.iter} ({losses}); training stopped. {last}. "
+                        "Lower base_lr, or check the dataset for degenerate boxes")
+        broken = _non_finite_layers(solver.net)
+        if broken:
+            raise Error(f"the params of {', '.join(broken)} became non-finite at iteration {solver.iter} (the loss "
+                        f"was {total}); training stopped. {last}. Lower base_lr, or set clip_gradients")
         history.append((solver.iter, total, losses))
-        seconds = (time.perf_counter() - start) / (solver.iter - start_iter)
-        bar.set_postfix_str(f"epoch {solver.epoch():.2f} loss {solver.smoothed_loss:.4f} lr {solver.lr():.2g} "
-                            f"{seconds:.2f}s/it")
-        bar.update(1)
-        if cfg.TRAIN.SNAPSHOT_ITERS and solver.iter % cfg.TRAIN.SNAPSHOT_ITERS == 0:
-            last_snapshot = solver.snapshot()
+
+    lead = solver.comm.rank == 0
+    bar = tqdm(total=max_iters, initial=solver.iter, disable=not (progress and lead), unit="it", dynamic_ncols=True)
+    start, start_iter = time.perf_counter(), solver.iter
+    solver.callbacks.append(guard)
+    try:
+        while solver.iter < max_iters:
+            solver.step(1)
+            seconds = (time.perf_counter() - start) / (solver.iter - start_iter)
+            bar.set_postfix_str(f"epoch {solver.epoch():.2f} loss {solver.smoothed_loss:.4f} lr {solver.lr():.2g} "
+                                f"{seconds:.2f}s/it")
+            bar.update(1)
+            if cfg.TRAIN.SNAPSHOT_ITERS and solver.iter % cfg.TRAIN.SNAPSHOT_ITERS == 0:
+                _snapshot_once(solver)
+    finally:
+        solver.callbacks.remove(guard)
     bar.close()
-    if last_snapshot is None or not last_snapshot.endswith(f"_iter_{solver.iter}.solverstate"):
-        last_snapshot = solver.snapshot()
+    _snapshot_once(solver)
     if lead:
         _plot_losses(history, output_dir / "loss.png")
-    return last_snapshot[:-len(".solverstate")] + ".npz"
+    return solver.last_snapshot[:-len(".solverstate")] + ".npz"
+
+
+def _snapshot_once(solver):
+    """Snapshot the current iteration unless the solver's own ``snapshot`` interval already has."""
+    if not (solver.last_snapshot or "").endswith(f"_iter_{solver.iter}.solverstate"):
+        solver.snapshot()
+
+
+def _non_finite_layers(net):
+    """The names of the layers with a non-finite param value (BatchNorm's statistics included)."""
+    pairs = [(name, blob) for name, blobs in net.params.items() for blob in blobs]
+    if not pairs:
+        return []
+    xp = backend.get_array_module(pairs[0][1].data)
+    finite = backend.to_cpu(xp.stack([xp.isfinite(blob.data).all() for _, blob in pairs]))  # one device sync
+    return list(dict.fromkeys(name for (name, _), ok in zip(pairs, finite) if not ok))
 
 
 def _stop_with_a_failing_rank(solver, total):

@@ -147,6 +147,18 @@ def test_plan_cache_builds_each_geometry_once():
     assert first.workspace == 64
 
 
+def test_plan_cache_drops_the_least_recently_used_plan():
+    module, graphs = fake_frontend()
+    cache = cudnn.PlanCache(module, lambda device: None, size=2)
+    first = cache.get(key(h=10))
+    cache.get(key(h=11))
+    assert cache.get(key(h=10)) is first  # used again: now the newer of the two
+    cache.get(key(h=12))  # drops h=11
+    assert cache.get(key(h=10)) is first and len(graphs) == 3
+    cache.get(key(h=11))
+    assert len(graphs) == 4 and len(cache.plans) == 2
+
+
 def test_plan_graph_follows_the_key():
     module, graphs = fake_frontend()
     cache = cudnn.PlanCache(module, lambda device: None)

@@ -108,15 +108,19 @@ def build_plan(frontend, key, handle):
 
 
 class PlanCache:
-    """Plans by PlanKey, each built once (a geometry cuDNN has no plan for is remembered too)."""
+    """Plans by PlanKey, each built once (a geometry cuDNN has no plan for is remembered too). At most
+    ``size`` are kept, the least recently used dropped first: a test set of many image sizes would otherwise
+    keep a plan per size and layer for the whole run."""
 
-    def __init__(self, frontend, handle_for):
-        self.frontend, self.handle_for = frontend, handle_for
-        self.plans = {}
+    def __init__(self, frontend, handle_for, size=512):
+        self.frontend, self.handle_for, self.size = frontend, handle_for, size
+        self.plans = collections.OrderedDict()
 
     def get(self, key):
         """The plan of ``key``; PlanUnavailable if it does not build."""
-        if key not in self.plans:
+        if key in self.plans:
+            self.plans.move_to_end(key)
+        else:
             try:
                 handle = self.handle_for(key.device)
             except Exception as exc:  # noqa: BLE001  (cuDNN reports a missing or mismatched library so)
@@ -126,6 +130,8 @@ class PlanCache:
                     self.plans[key] = build_plan(self.frontend, key, handle)
                 except PlanUnavailable as exc:
                     self.plans[key] = exc
+            if len(self.plans) > self.size:
+                self.plans.popitem(last=False)
         plan = self.plans[key]
         if isinstance(plan, PlanUnavailable):
             raise plan

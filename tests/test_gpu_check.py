@@ -96,6 +96,19 @@ def test_summary_records_each_stage_and_stops_only_after_smoke(tmp_path, gpu_che
         assert (tmp_path / entry["log"]).exists()
 
 
+@pytest.mark.parametrize("engine_passed", [True, False])
+def test_a_smoke_failing_only_in_cudnn_lets_the_check_go_on(tmp_path, gpu_check, engine_passed):
+    """Without cuDNN the engine runs its CAFFE convolutions: the later stages still test it."""
+    python, Stage = sys.executable, gpu_check.Stage
+    report = {"passed": False, "engine_passed": engine_passed, "steps": {}}
+    write = f"import json, sys; open({str(tmp_path / 'gpu_smoke.json')!r}, 'w').write({json.dumps(report)!r}); sys.exit(1)"
+    stages = [Stage("smoke", 20, [[python, "-c", write]], stop_on_failure=gpu_check.smoke_stops),
+              Stage("after", 20, [[python, "-c", "print('ran')"]])]
+    by_name = {s["name"]: s for s in gpu_check.run_all(stages, tmp_path)["stages"]}
+    assert by_name["smoke"]["status"] == "failed"
+    assert by_name["after"]["status"] == ("passed" if engine_passed else "skipped")
+
+
 def test_figures_of_the_tests_and_the_bench(tmp_path, gpu_check):
     (tmp_path / "gpu_tests.xml").write_text(
         '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'

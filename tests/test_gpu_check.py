@@ -57,6 +57,19 @@ def test_toy_figures_read_the_tools_output(gpu_check):
     assert "error" in gpu_check.toy_test_figures(["Traceback\n"], None)
 
 
+def test_a_toy_training_stopped_by_its_limit_leaves_its_latest_snapshot_to_test(tmp_path, gpu_check):
+    (tmp_path / "toy").mkdir()
+    for i in (250, 1000, 750):
+        (tmp_path / "toy" / f"toy_fast_rcnn_iter_{i}.npz").write_bytes(b"")
+    assert gpu_check.toy_train_figures(["Iteration 1000, loss = 0.5\n"], tmp_path) == {
+        "weights": str(tmp_path / "toy" / "toy_fast_rcnn_iter_1000.npz"), "last_logged_iteration": 1000,
+        "partial": True, "snapshot_iteration": 1000}
+    done = "out/toy/toy_fast_rcnn_iter_2000.npz\n"
+    assert gpu_check.toy_train_figures([done], tmp_path)["weights"] == "out/toy/toy_fast_rcnn_iter_2000.npz"
+    train = gpu_check.stages(None, tmp_path, tmp_path / "work")[3]
+    assert train.name == "toy-train" and train.commands[0][-3:] == ["--set", "TRAIN.SNAPSHOT_ITERS", "250"]
+
+
 def test_wheels_in_the_carried_folder_are_installed_offline(tmp_path, gpu_check):
     (tmp_path / "nvidia_cudnn_frontend-1.28.0-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")
     install = gpu_check.stages(tmp_path, tmp_path / "out", tmp_path / "work")[0]

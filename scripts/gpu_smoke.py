@@ -16,7 +16,9 @@ Steps, each timed and reported in one JSON object (stdout, and --json PATH):
 ``--modules`` instead prints which of the modules the GPU path uses import here (and exits 0).
 
 Exit status 0 when every step passed, 1 otherwise (a step that needs an earlier one's result is skipped after
-its failure); the message on stderr names what failed.
+its failure); the message on stderr names what failed. The report's ``engine_passed`` says whether every step
+but the cuDNN ones passed: without cuDNN the engine runs its CAFFE convolutions (im2col and cuBLAS), so the
+GPU engine is still usable.
 """
 import argparse
 import json
@@ -202,6 +204,8 @@ def step_tf32(state):
 
 STEPS = [("cupy", step_cupy), ("cudnn_frontend", step_cudnn_frontend), ("cudnn_conv", step_cudnn_conv),
          ("gpu_mode", step_gpu_mode), ("roi_pool", step_roi_pool), ("nms", step_nms), ("tf32", step_tf32)]
+#: The steps whose failure leaves the engine usable (its convolutions then run the CAFFE engine).
+CUDNN_STEPS = ("cudnn_frontend", "cudnn_conv")
 #: The steps each one needs (skipped when one of those failed).
 NEEDS = {"cudnn_frontend": ("cupy",), "cudnn_conv": ("cupy", "cudnn_frontend"), "gpu_mode": ("cupy",),
          "roi_pool": ("cupy",), "nms": ("cupy",), "tf32": ("cupy", "gpu_mode")}
@@ -226,6 +230,8 @@ def run_steps():
             report["passed"] = False
         entry["seconds"] = time.perf_counter() - start
         report["steps"][name] = entry
+    report["engine_passed"] = all(step["status"] == "passed" for name, step in report["steps"].items()
+                                  if name not in CUDNN_STEPS)
     return report
 
 

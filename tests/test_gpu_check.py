@@ -57,6 +57,19 @@ def test_toy_figures_read_the_tools_output(gpu_check):
     assert "error" in gpu_check.toy_test_figures(["Traceback\n"], None)
 
 
+def test_a_toy_training_stopped_by_its_limit_leaves_its_latest_snapshot_to_test(tmp_path, gpu_check):
+    (tmp_path / "toy").mkdir()
+    for i in (250, 1000, 750):
+        (tmp_path / "toy" / f"toy_fast_rcnn_iter_{i}.npz").write_bytes(b"")
+    assert gpu_check.toy_train_figures(["Iteration 1000, loss = 0.5\n"], tmp_path) == {
+        "weights": str(tmp_path / "toy" / "toy_fast_rcnn_iter_1000.npz"), "last_logged_iteration": 1000,
+        "partial": True, "snapshot_iteration": 1000}
+    done = "out/toy/toy_fast_rcnn_iter_2000.npz\n"
+    assert gpu_check.toy_train_figures([done], tmp_path)["weights"] == "out/toy/toy_fast_rcnn_iter_2000.npz"
+    train = gpu_check.stages(None, tmp_path, tmp_path / "work")[3]
+    assert train.name == "toy-train" and train.commands[0][-3:] == ["--set", "TRAIN.SNAPSHOT_ITERS", "250"]
+
+
 def test_wheels_in_the_carried_folder_are_installed_offline(tmp_path, gpu_check):
     (tmp_path / "nvidia_cudnn_frontend-1.28.0-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"")
     install = gpu_check.stages(tmp_path, tmp_path / "out", tmp_path / "work")[0]
@@ -94,6 +107,19 @@ def test_summary_records_each_stage_and_stops_only_after_smoke(tmp_path, gpu_che
     for entry in written["stages"][:-1]:
         assert set(entry) >= {"name", "limit_s", "status", "seconds", "commands", "figures", "log"}
         assert (tmp_path / entry["log"]).exists()
+
+
+@pytest.mark.parametrize("engine_passed", [True, False])
+def test_a_smoke_failing_only_in_cudnn_lets_the_check_go_on(tmp_path, gpu_check, engine_passed):
+    """Without cuDNN the engine runs its CAFFE convolutions: the later stages still test it."""
+    python, Stage = sys.executable, gpu_check.Stage
+    report = {"passed": False, "engine_passed": engine_passed, "steps": {}}
+    write = f"import json, sys; open({str(tmp_path / 'gpu_smoke.json')!r}, 'w').write({json.dumps(report)!r}); sys.exit(1)"
+    stages = [Stage("smoke", 20, [[python, "-c", write]], stop_on_failure=gpu_check.smoke_stops),
+              Stage("after", 20, [[python, "-c", "print('ran')"]])]
+    by_name = {s["name"]: s for s in gpu_check.run_all(stages, tmp_path)["stages"]}
+    assert by_name["smoke"]["status"] == "failed"
+    assert by_name["after"]["status"] == ("passed" if engine_passed else "skipped")
 
 
 def test_figures_of_the_tests_and_the_bench(tmp_path, gpu_check):

@@ -81,7 +81,8 @@ def _launch(name, dtype, grid, block, args):
     arrays = [a for a in args if _is_cupy(a)]
     if arrays:
         import cupy  # noqa: PLC0415  (only a CuPy array gets here)
-        with arrays[0].device as device:
+        device = arrays[0].device
+        with device:
             _module(cupy, _FILES[name], device).get_function(expression(name, dtype))(grid, block, args)
     else:
         from . import host  # noqa: PLC0415

@@ -171,6 +171,7 @@ class SGDSolver:
         self.current_step = 0
         self.smoothed_loss = 0.0
         self._losses = []
+        self.pass_losses = []  # the last iteration's loss of each pass, every rank's, in minibatch order
         self.callbacks = []
         self.snapshot_hooks = []
         self.snapshot_dir = None
@@ -304,6 +305,7 @@ class SGDSolver:
                 losses.append(float(loss))
             if self.parallel is not None:
                 losses = self.parallel.finish(losses)
+            self.pass_losses = losses
             self._update_smoothed_loss(sum(losses) / len(losses))
             if p.display and self.iter % p.display == 0:
                 self._display()

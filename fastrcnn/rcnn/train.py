@@ -317,15 +317,13 @@ def _non_finite_layers(net):
 
 
 def _stop_with_a_failing_rank(solver, total):
-    """With several ranks: when another rank's loss is not finite, wait for its error to end the run (it
-    names the loss and the last good snapshot), so that no rank writes a snapshot of the broken weights."""
-    if solver.comm.size == 1:
-        return
-    finite = solver.comm.allgather(np.array([math.isfinite(total)], np.uint8)).ravel()
-    if math.isfinite(total) and not finite.all():
+    """With several ranks: when another rank's loss is not finite (the losses the solver gathered), wait for
+    its error to end the run (it names the loss and the last good snapshot), so that no rank writes a snapshot
+    of the broken weights."""
+    failing = np.flatnonzero(~np.isfinite(solver.pass_losses)) // solver.param.iter_size
+    if math.isfinite(total) and len(failing) and failing[0] != solver.comm.rank:
         time.sleep(30)  # the failing rank aborts every rank well before
-        failing = int(np.flatnonzero(finite == 0)[0])
-        raise Error(f"the loss on rank {failing} became non-finite at iteration {solver.iter}")
+        raise Error(f"the loss on rank {failing[0]} became non-finite at iteration {solver.iter}")
 
 
 def _plot_losses(history, path):

@@ -7,9 +7,9 @@ Semantics are the CPU layers' (the tests compare the two): Caffe's ConvolutionLa
 PoolingLayer's GPU kernels with ceil-mode argmax, LRNLayer's across-channel kernels, and the original's
 ROIPoolingLayer kernels.
 """
-import numpy
 
 from .. import backend
+from ..errors import Error
 from ..proto import caffe_pb2
 from . import cudnn
 
@@ -160,11 +160,11 @@ class ROIPoolingGPU:
 
     def _pool(self, bottom, with_argmax):
         layer = self.layer
-        rois = bottom[1].data.reshape(-1, 5)
-        xp = backend.get_array_module(rois)
-        layer._check_batch(xp, xp.trunc(rois[:, 0]).astype(numpy.int64), bottom[0].shape[0])
-        top, argmax = _kernels().roi_pool_forward(bottom[0].data, rois, layer.pooled_h, layer.pooled_w,
-                                                  float(layer.spatial_scale), with_argmax)
+        try:  # the kernels check the batch indices against the features
+            top, argmax = _kernels().roi_pool_forward(bottom[0].data, bottom[1].data.reshape(-1, 5), layer.pooled_h,
+                                                      layer.pooled_w, float(layer.spatial_scale), with_argmax)
+        except Error as exc:
+            raise layer.error(str(exc)) from None
         self.argmax = argmax
         return top
 
